@@ -1,0 +1,275 @@
+"""Batch Normalization in NumPy (and CuPy): the reference the course builds and grades against.
+
+Every function is written against the array namespace of its input, so the same code runs on
+NumPy arrays on the CPU and CuPy arrays on a GPU. The channel axis is 1 everywhere: ``x`` is
+``(N, C)`` or ``(N, C, *spatial)`` and statistics are taken over every axis except 1, so a
+channel's statistics pool ``m = N * prod(spatial)`` values (the paper's effective batch ``m·p·q``).
+
+Conventions (the same as ``torch.nn.BatchNorm*d``):
+- training normalizes with the *biased* batch variance ``mean((x - mu)**2)``;
+- ``eps`` is added to the variance, inside the square root;
+- the running variance used at inference is updated with the *unbiased* variance
+  (see ``update_running_stats``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "BatchNormCache",
+    "array_namespace",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "batchnorm_backward_graph",
+    "batchnorm_inference",
+]
+
+
+class BatchNormCache(NamedTuple):
+    """What ``batchnorm_forward`` saves for the backward pass.
+
+    x:       the input, ``(N, C, *spatial)`` (a reference, not a copy: don't modify it in place)
+    x_hat:   the normalized input ``(x - mean) * inv_std``, same shape as ``x``
+    mean:    per-channel batch mean, ``(C,)``
+    var:     per-channel biased batch variance, ``(C,)``
+    inv_std: ``1 / sqrt(var + eps)``, ``(C,)``
+    gamma:   the scale, ``(C,)``, in the dtype of ``x``
+    eps:     the epsilon used
+    """
+
+    x: object
+    x_hat: object
+    mean: object
+    var: object
+    inv_std: object
+    gamma: object
+    eps: float
+
+
+def array_namespace(x):
+    """Return ``cupy`` for a CuPy array and ``numpy`` for anything else."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _channel_shape(x):
+    """Shape that broadcasts a ``(C,)`` vector against ``x`` along axis 1."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _reduce_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _check_input(x, name="x"):
+    xp = array_namespace(x)
+    if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if x.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (N, C) or (N, C, *spatial) with channels on axis 1; "
+            f"got {x.ndim}D input of shape {tuple(x.shape)}"
+        )
+    if not xp.issubdtype(x.dtype, xp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array (float32 or float64), got dtype {x.dtype}"
+        )
+    return xp
+
+
+def _check_param(p, name, x):
+    """Validate a per-channel vector and return it in the dtype of ``x``."""
+    xp = array_namespace(x)
+    p = xp.asarray(p)
+    channels = x.shape[1]
+    if p.shape != (channels,):
+        raise ValueError(
+            f"{name} must have shape (C,) = ({channels},) to match x of shape {tuple(x.shape)} "
+            f"(channels on axis 1); got shape {tuple(p.shape)}"
+        )
+    if not (xp.issubdtype(p.dtype, xp.floating) or xp.issubdtype(p.dtype, xp.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {p.dtype}")
+    return p.astype(x.dtype, copy=False)
+
+
+def _check_eps(eps):
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
+
+
+def _check_finite_stats(xp, mean, var, what="x"):
+    # NaN/inf anywhere in a channel makes its mean or variance non-finite, so this finds bad
+    # input from C numbers instead of an extra pass over the whole tensor.
+    bad = ~(xp.isfinite(mean) & xp.isfinite(var))
+    if bool(bad.any()):
+        channels = [int(c) for c in xp.flatnonzero(bad)[:5].tolist()]
+        raise ValueError(f"{what} contains NaN or inf (in channel(s) {channels})")
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Training-mode batch normalization (Ioffe & Szegedy 2015, Algorithm 1).
+
+    Args:
+        x: ``(N, C)`` or ``(N, C, *spatial)`` float32/float64 array.
+        gamma, beta: ``(C,)`` scale and shift.
+        eps: added to the variance inside the square root.
+
+    Returns:
+        out: same shape and dtype as ``x``: ``gamma * x_hat + beta``.
+        cache: a ``BatchNormCache`` for ``batchnorm_backward`` / ``batchnorm_backward_graph``.
+
+    Raises:
+        ValueError: ``x`` has fewer than 2 dims, gamma/beta are not ``(C,)``, a channel has a
+            single value (statistics undefined, as in torch), or ``x`` holds NaN/inf.
+        TypeError: ``x`` is not a floating-point array.
+    """
+    xp = _check_input(x)
+    gamma = _check_param(gamma, "gamma", x)
+    beta = _check_param(beta, "beta", x)
+    _check_eps(eps)
+    m = x.size // x.shape[1]
+    if m <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+        )
+    shape = _channel_shape(x)
+    axes = _reduce_axes(x)
+
+    mean = x.mean(axis=axes)
+    x_hat = x - mean.reshape(shape)
+    # Two passes (mean, then mean of squared deviations): the one-pass E[x^2] - E[x]^2
+    # cancels catastrophically when |mean| >> std.
+    var = (_per_channel_dot(xp, x_hat, x_hat) / m).astype(x.dtype, copy=False)
+    _check_finite_stats(xp, mean, var)
+    inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+    x_hat *= inv_std.reshape(shape)
+    out = x_hat * gamma.reshape(shape)
+    out += beta.reshape(shape)
+    return out, BatchNormCache(x, x_hat, mean, var, inv_std, gamma, float(eps))
+
+
+def _per_channel_dot(xp, a, b):
+    """``sum(a * b)`` over every axis except 1, without materializing ``a * b``."""
+    n, c = a.shape[0], a.shape[1]
+    return xp.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+
+
+def _check_dout(dout, cache):
+    xp = array_namespace(dout)
+    if not hasattr(dout, "shape"):
+        raise TypeError(f"dout must be an array, got {type(dout).__name__}")
+    if tuple(dout.shape) != tuple(cache.x_hat.shape):
+        raise ValueError(
+            f"dout must have the shape of the forward output {tuple(cache.x_hat.shape)}, "
+            f"got {tuple(dout.shape)}"
+        )
+    if not xp.issubdtype(dout.dtype, xp.floating):
+        raise TypeError(f"dout must be a floating-point array, got dtype {dout.dtype}")
+    return xp
+
+
+def batchnorm_backward(dout, cache):
+    """Backward pass in the simplified closed form.
+
+    With ``m`` values per channel, ``x_hat`` and ``inv_std`` from the forward pass:
+        dbeta  = sum(dout)
+        dgamma = sum(dout * x_hat)
+        dx     = gamma * inv_std / m * (m * dout - dbeta - x_hat * dgamma)
+    where the sums run over every axis except 1.
+
+    Args:
+        dout: upstream gradient, same shape as the forward output.
+        cache: the ``BatchNormCache`` returned by ``batchnorm_forward``.
+
+    Returns:
+        dx: same shape as ``x``; dgamma, dbeta: ``(C,)``.
+    """
+    xp = _check_dout(dout, cache)
+    x_hat = cache.x_hat
+    shape = _channel_shape(x_hat)
+    m = x_hat.size // x_hat.shape[1]
+    dout = dout.astype(x_hat.dtype, copy=False)
+
+    dbeta = dout.sum(axis=_reduce_axes(dout))
+    dgamma = _per_channel_dot(xp, dout, x_hat).astype(x_hat.dtype, copy=False)
+    scale = cache.gamma * cache.inv_std / m
+    # dx = scale*m*dout - scale*dbeta - x_hat*(scale*dgamma), written to allocate one array.
+    dx = x_hat * (-(scale * dgamma)).reshape(shape)
+    dx += dout * (scale * m).reshape(shape)
+    dx -= (scale * dbeta).reshape(shape)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_backward_graph(dout, cache):
+    """Backward pass node by node through the staged computational graph.
+
+    Forward graph (per channel, m values, sums over every axis except 1):
+        mu = sum(x) / m;  xc = x - mu;  var = sum(xc**2) / m;  std = sqrt(var + eps)
+        inv = 1 / std;    x_hat = xc * inv;  out = gamma * x_hat + beta
+    Each step below is the local derivative of one node, applied in reverse.
+
+    Returns:
+        dx: same shape as ``x``; dgamma, dbeta: ``(C,)``.
+    """
+    _check_dout(dout, cache)
+    x, x_hat, gamma = cache.x, cache.x_hat, cache.gamma
+    shape = _channel_shape(x)
+    axes = _reduce_axes(x)
+    m = x.size // x.shape[1]
+    dout = dout.astype(x.dtype, copy=False)
+    xc = x - cache.mean.reshape(shape)
+    std = 1.0 / cache.inv_std
+
+    # out = gamma * x_hat + beta
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * x_hat).sum(axis=axes)
+    dx_hat = dout * gamma.reshape(shape)
+    # x_hat = xc * inv
+    dinv = (dx_hat * xc).sum(axis=axes)
+    dxc = dx_hat * cache.inv_std.reshape(shape)
+    # inv = 1 / std
+    dstd = -dinv / std**2
+    # std = sqrt(var + eps)
+    dvar = dstd / (2.0 * std)
+    # var = sum(xc**2) / m
+    dxc += (2.0 / m) * xc * dvar.reshape(shape)
+    # xc = x - mu
+    dx = dxc.copy()
+    dmu = -dxc.sum(axis=axes)
+    # mu = sum(x) / m
+    dx += (dmu / m).reshape(shape)
+    return dx, dgamma, dbeta
+
+
+def batchnorm_inference(x, mean, var, gamma, beta, eps=1e-5):
+    """Inference-mode batch normalization with fixed statistics (paper Algorithm 2, step 11).
+
+    Args:
+        x: ``(N, C)`` or ``(N, C, *spatial)``; any N, including 1.
+        mean, var: ``(C,)`` population (or running) mean and variance.
+        gamma, beta: ``(C,)``.
+
+    Returns:
+        out, same shape and dtype as ``x``: ``gamma * (x - mean) / sqrt(var + eps) + beta``,
+        computed as one affine map per channel.
+    """
+    _check_input(x)
+    xp = array_namespace(x)
+    mean = _check_param(mean, "mean", x)
+    var = _check_param(var, "var", x)
+    gamma = _check_param(gamma, "gamma", x)
+    beta = _check_param(beta, "beta", x)
+    _check_eps(eps)
+    if bool((var < 0).any()):
+        raise ValueError("var must be non-negative")
+    scale = gamma / xp.sqrt(var + eps)
+    shift = beta - mean * scale
+    shape = _channel_shape(x)
+    out = x * scale.reshape(shape)
+    out += shift.reshape(shape)
+    return out
