@@ -17,16 +17,15 @@ def _initial_value(control):
 def explore(draw, **controls):
     """Show ``draw(**values)`` with one widget per keyword (ipywidgets controls or fixed values).
 
-    ``draw`` must create and show its own matplotlib figure (``plt.show()``).
-    Returns the ipywidgets ``interactive`` object, or None when drawing statically.
+    ``draw`` must create and show its own matplotlib figure (``plt.show()``). Displays the
+    controls itself and returns None, so a cell ending in ``explore(...)`` shows them once.
     """
     if static_mode():
         draw(**{name: _initial_value(c) for name, c in controls.items()})
-        return None
+        return
     import ipywidgets
 
     widget = ipywidgets.interactive(draw, **controls)
     from IPython.display import display
 
     display(widget)
-    return widget
