@@ -24,6 +24,7 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_inference",
+    "update_running_stats",
 ]
 
 
@@ -273,3 +274,38 @@ def batchnorm_inference(x, mean, var, gamma, beta, eps=1e-5):
     out = x * scale.reshape(shape)
     out += shift.reshape(shape)
     return out
+
+
+def update_running_stats(running_mean, running_var, x, momentum=0.1):
+    """Update running statistics in place from a training batch, as ``torch.nn.BatchNorm*d`` does.
+
+    ``running = (1 - momentum) * running + momentum * batch_stat``, where the batch variance is the
+    *unbiased* one: ``m / (m - 1)`` times the biased variance used to normalize the batch, since
+    at inference the running variance stands in for the population variance.
+
+    Args:
+        running_mean, running_var: ``(C,)`` float arrays, updated in place (and returned).
+        x: the training batch, ``(N, C, *spatial)`` with ``m = N * prod(spatial) > 1``.
+        momentum: weight of the new batch statistic, in [0, 1] (torch's convention; CS231n's
+            ``momentum`` is ``1 -`` this).
+    """
+    xp = _check_input(x)
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if not hasattr(r, "shape") or tuple(r.shape) != (x.shape[1],):
+            raise ValueError(f"{name} must be an array of shape (C,) = ({x.shape[1]},)")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    m = x.size // x.shape[1]
+    if m <= 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+        )
+    axes = _reduce_axes(x)
+    mean = x.mean(axis=axes)
+    var_unbiased = x.var(axis=axes, ddof=1)
+    _check_finite_stats(xp, mean, var_unbiased)
+    running_mean *= 1.0 - momentum
+    running_mean += momentum * mean
+    running_var *= 1.0 - momentum
+    running_var += momentum * var_unbiased
+    return running_mean, running_var
