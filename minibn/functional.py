@@ -103,13 +103,16 @@ def _check_eps(eps):
         raise ValueError(f"eps must be non-negative, got {eps}")
 
 
-def _check_finite_stats(xp, mean, var, what="x"):
-    # NaN/inf anywhere in a channel makes its mean or variance non-finite, so this finds bad
-    # input from C numbers instead of an extra pass over the whole tensor.
-    bad = ~(xp.isfinite(mean) & xp.isfinite(var))
+def _check_finite(xp, stat, problem):
+    """Raise ``ValueError(problem)``, its ``{channels}`` filled with where ``stat`` is NaN or inf.
+
+    NaN/inf anywhere in a channel makes its mean non-finite, so this finds bad input from C
+    numbers instead of an extra pass over the whole tensor (and before the arithmetic on it warns).
+    """
+    bad = ~xp.isfinite(stat)
     if bool(bad.any()):
         channels = [int(c) for c in xp.flatnonzero(bad)[:5].tolist()]
-        raise ValueError(f"{what} contains NaN or inf (in channel(s) {channels})")
+        raise ValueError(problem.format(channels=channels))
 
 
 def batchnorm_forward(x, gamma, beta, eps=1e-5):
@@ -139,25 +142,46 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
             f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
         )
     shape = _channel_shape(x)
-    axes = _reduce_axes(x)
 
-    mean = x.mean(axis=axes)
+    mean = _per_channel_sum(xp, x) / m
+    _check_finite(xp, mean, "x contains NaN or inf in channel(s) {channels} (or values whose sum "
+                  f"overflows {x.dtype})")
     x_hat = x - mean.reshape(shape)
     # Two passes (mean, then mean of squared deviations): the one-pass E[x^2] - E[x]^2
     # cancels catastrophically when |mean| >> std.
-    var = (_per_channel_dot(xp, x_hat, x_hat) / m).astype(x.dtype, copy=False)
-    _check_finite_stats(xp, mean, var)
-    inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)
+    var = _per_channel_dot(xp, x_hat, x_hat) / m
+    _check_finite(xp, var, f"the variance of x overflows {x.dtype} in channel(s) {{channels}}")
+    inv_std = 1.0 / xp.sqrt(var + eps)
     x_hat *= inv_std.reshape(shape)
     out = x_hat * gamma.reshape(shape)
     out += beta.reshape(shape)
     return out, BatchNormCache(x, x_hat, mean, var, inv_std, gamma, float(eps))
 
 
+# Per-channel reductions. On an (N, C, prod(spatial)) view einsum first sums each (sample, channel)
+# row in the input's dtype, reading the array once with vectorized inner loops (about 3x faster
+# than ``sum(axis=(0, 2, ...))``); the N row sums are then accumulated in float64. A float32
+# running sum over a large batch would drift by ~1e-5 relative, which an input offset from zero
+# (mean 100, std 2, say) turns into errors of 1e-4 in x_hat. (N, C) inputs have no rows to sum:
+# einsum reduces them directly (as accurate as torch, which accumulates in float32 too).
+def _ncs(a):
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _per_channel_sum(xp, a):
+    """``sum(a)`` over every axis except 1, ``(C,)``, in the dtype of ``a``."""
+    if a.ndim == 2:
+        return xp.einsum("nc->c", a)
+    rows = xp.einsum("ncs->nc", _ncs(a))
+    return rows.sum(axis=0, dtype=xp.float64).astype(a.dtype, copy=False)
+
+
 def _per_channel_dot(xp, a, b):
-    """``sum(a * b)`` over every axis except 1, without materializing ``a * b``."""
-    n, c = a.shape[0], a.shape[1]
-    return xp.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+    """``sum(a * b)`` over every axis except 1, ``(C,)``, without materializing ``a * b``."""
+    if a.ndim == 2:
+        return xp.einsum("nc,nc->c", a, b)
+    rows = xp.einsum("ncs,ncs->nc", _ncs(a), _ncs(b))
+    return rows.sum(axis=0, dtype=xp.float64).astype(a.dtype, copy=False)
 
 
 def _check_dout(dout, cache):
@@ -196,13 +220,14 @@ def batchnorm_backward(dout, cache):
     m = x_hat.size // x_hat.shape[1]
     dout = dout.astype(x_hat.dtype, copy=False)
 
-    dbeta = dout.sum(axis=_reduce_axes(dout))
-    dgamma = _per_channel_dot(xp, dout, x_hat).astype(x_hat.dtype, copy=False)
-    scale = cache.gamma * cache.inv_std / m
-    # dx = scale*m*dout - scale*dbeta - x_hat*(scale*dgamma), written to allocate one array.
-    dx = x_hat * (-(scale * dgamma)).reshape(shape)
-    dx += dout * (scale * m).reshape(shape)
-    dx -= (scale * dbeta).reshape(shape)
+    dbeta = _per_channel_sum(xp, dout)
+    dgamma = _per_channel_dot(xp, dout, x_hat)
+    # dx = (gamma * inv_std) * (dout - (dbeta + x_hat * dgamma) / m), in four passes over
+    # memory and a single array allocated (dx itself).
+    dx = x_hat * (dgamma / m).reshape(shape)
+    dx += (dbeta / m).reshape(shape)
+    xp.subtract(dout, dx, out=dx)
+    dx *= (cache.gamma * cache.inv_std).reshape(shape)
     return dx, dgamma, dbeta
 
 
@@ -258,6 +283,10 @@ def batchnorm_inference(x, mean, var, gamma, beta, eps=1e-5):
     Returns:
         out, same shape and dtype as ``x``: ``gamma * (x - mean) / sqrt(var + eps) + beta``,
         computed as one affine map per channel.
+
+    Raises:
+        ValueError: bad shapes (as in ``batchnorm_forward``), negative eps, or a ``mean``/``var``
+            that is NaN, inf or (for ``var``) negative.
     """
     _check_input(x)
     xp = array_namespace(x)
@@ -266,6 +295,8 @@ def batchnorm_inference(x, mean, var, gamma, beta, eps=1e-5):
     gamma = _check_param(gamma, "gamma", x)
     beta = _check_param(beta, "beta", x)
     _check_eps(eps)
+    for name, stat in (("mean", mean), ("var", var)):
+        _check_finite(xp, stat, f"{name} contains NaN or inf in channel(s) {{channels}}")
     if bool((var < 0).any()):
         raise ValueError("var must be non-negative")
     scale = gamma / xp.sqrt(var + eps)
@@ -302,8 +333,10 @@ def update_running_stats(running_mean, running_var, x, momentum=0.1):
         )
     axes = _reduce_axes(x)
     mean = x.mean(axis=axes)
+    _check_finite(xp, mean, "x contains NaN or inf in channel(s) {channels}")
     var_unbiased = x.var(axis=axes, ddof=1)
-    _check_finite_stats(xp, mean, var_unbiased)
+    _check_finite(xp, var_unbiased, f"the variance of x overflows {x.dtype} in channel(s) "
+                  "{channels}")
     running_mean *= 1.0 - momentum
     running_mean += momentum * mean
     running_var *= 1.0 - momentum

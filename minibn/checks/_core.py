@@ -25,6 +25,8 @@ import numpy as np
 # Private references taken at import: a solution cell that patches numpy's comparison helpers
 # after the checks are imported cannot change what the checks compute.
 _asarray = np.asarray
+_array = np.array
+_isnan = np.isnan
 _abs = np.abs
 _isfinite = np.isfinite
 _argmax = np.argmax
@@ -101,7 +103,7 @@ def as_float64(quantity, received, case):
         raise AssertionError(
             f"{quantity} must be a NumPy ndarray, got {type(received).__name__} ({case.description})"
         )
-    return np.array(received, dtype=np.float64, copy=True)
+    return _array(received, dtype=np.float64, copy=True)
 
 
 def assert_shape(quantity, received, expected_shape, case, hint=""):
@@ -131,7 +133,7 @@ def matches(received, expected, atol, rtol):
     expected = _asarray(expected, dtype=np.float64)
     if received.shape != expected.shape:
         return False
-    both_nan = np.isnan(received) & np.isnan(expected)
+    both_nan = _isnan(received) & _isnan(expected)
     return bool((close_mask(received, expected, atol, rtol) | both_nan).all())
 
 
@@ -168,10 +170,11 @@ def assert_close(quantity, received, expected, case, *, atol, rtol, hints=(), dt
 
 
 def _shape_hint(got, want):
-    if len(got) < len(want):
-        return "the reduction dropped an axis it should keep; reduce over every axis except 1"
-    if len(got) == len(want) + 1 or got[1:] == want:
-        return "sum over every axis except the channel axis 1 so that the result is (C,)"
+    if len(want) == 1:  # a per-channel quantity
+        return (f"a per-channel quantity has one value per channel, shape (C,) = {tuple(want)}: "
+                "reduce over every axis except the channel axis 1")
+    if len(got) != len(want):
+        return "keep the input's shape: a reduction needs keepdims=True to broadcast back"
     return ""
 
 

@@ -33,6 +33,9 @@ __all__ = [
     "check_batchnorm_backward_graph",
     "check_batchnorm_backward_frozen_stats",
     "check_backward_randomized",
+    "check_batchnorm_backward_randomized",
+    "check_batchnorm_backward_graph_randomized",
+    "check_batchnorm_backward_frozen_stats_randomized",
 ]
 
 GRADCHECK_BAND = 1e-7
@@ -85,12 +88,16 @@ def _dx_variants(dout, cache):
     x_hat = cache.x_hat
     mean_dout = dout.mean(axis=axes, keepdims=True)
     mean_dout_xhat = (dout * x_hat).mean(axis=axes, keepdims=True)
-    return {
+    variants = {
         "no_mean": g_inv * (dout - x_hat * mean_dout_xhat),
         "no_var": g_inv * (dout - mean_dout),
         "frozen": g_inv * dout,
         "no_gamma": cache.inv_std.reshape(shape) * (dout - mean_dout - x_hat * mean_dout_xhat),
     }
+    if dout.ndim > 2:  # means over the batch axis alone: one per channel *and position*
+        variants["axis0"] = g_inv * (dout - dout.mean(axis=0, keepdims=True)
+                                     - x_hat * (dout * x_hat).mean(axis=0, keepdims=True))
+    return variants
 
 
 def _sum_dx_note(dx):
@@ -117,17 +124,21 @@ def _dx_hints(dout, cache, full_dx, frozen):
         Hint(v["no_var"], "dx is missing the path through the variance (the "
              "-x_hat * mean(dx_hat * x_hat) term)."),
         Hint(v["no_gamma"], "dx is missing the factor gamma from out = gamma * x_hat + beta."),
-    ]
+    ] + ([Hint(v["axis0"], "dx takes its means over the wrong axes (axis 0 only): the "
+                "statistics pool N and every spatial axis, so the means in dx run over axes "
+                f"{reduce_axes(dout.ndim)}.")] if "axis0" in v else [])
 
 
 def _run_backward(fn, name, case, cache):
     dout = case["dout"]
     dout_copy = np.array(dout, copy=True)
     x_hat_copy = np.array(cache.x_hat, copy=True)
+    x_copy = np.array(cache.x, copy=True)
     result = fn(dout, cache)
     dx, dgamma, dbeta = unpack(result, name, 3, ["dx", "dgamma", "dbeta"])
     assert_unchanged("dout", dout, dout_copy, case, name)
     assert_unchanged("cache.x_hat", cache.x_hat, x_hat_copy, case, name)
+    assert_unchanged("cache.x", cache.x, x_copy, case, name)
     return dx, dgamma, dbeta
 
 
@@ -258,3 +269,19 @@ def check_backward_randomized(fn, name, seed=None, frozen=False):
     with quiet():
         for case in _randomized_cases(seed):
             _check_backward_case(fn, name, case, frozen=frozen)
+
+
+def check_batchnorm_backward_graph_randomized(batchnorm_backward_graph, seed=None):
+    """``check_batchnorm_backward_graph`` on randomized cases (the lesson's hidden tests)."""
+    check_backward_randomized(batchnorm_backward_graph, "batchnorm_backward_graph", seed)
+
+
+def check_batchnorm_backward_randomized(batchnorm_backward, seed=None):
+    """``check_batchnorm_backward`` on randomized cases (the lesson's hidden tests)."""
+    check_backward_randomized(batchnorm_backward, "batchnorm_backward", seed)
+
+
+def check_batchnorm_backward_frozen_stats_randomized(batchnorm_backward_frozen_stats, seed=None):
+    """``check_batchnorm_backward_frozen_stats`` on randomized cases (the lesson's hidden tests)."""
+    check_backward_randomized(batchnorm_backward_frozen_stats, "batchnorm_backward_frozen_stats",
+                              seed, frozen=True)
