@@ -1,0 +1,477 @@
+"""Checks for lesson 06-gpu-kernels: BatchNorm kernels written in CUDA C.
+
+Each learner function returns a kernel's CUDA C source as a string (it may
+``#include "welford.cuh"``). A check compiles it, launches it on generated NCHW float32 cases and
+compares what it wrote with float64 NumPy:
+
+- with no GPU it runs through ``minibn.cuda.executor`` (g++ and the fiber shim), twice, with the
+  threads in forward and in reverse order: a correct kernel writes the same bits both times, a
+  kernel missing a ``__syncthreads()`` usually does not;
+- with a GPU (``cupy.is_available()``) it runs once through CuPy, unless
+  ``MINIBN_KERNEL_DEVICE=cpu`` asks for the CPU executor anyway.
+
+Kernels and the launches the checks make (the lesson states them too):
+- ``bn_stats_k0(x, mean, var, N, C, HW)``: grid ``ceil(C / 32)``, block 32, one thread per channel;
+- ``bn_stats_k1(x, mean, var, N, C, HW)``: grid ``C``, block 64 or 128, dynamic shared memory
+  ``2 * blockDim.x`` floats (sums, then sums of squares);
+- ``bn_stats_k2(x, mean, var, N, C, HW)``: grid ``C``, block 64 or 96 (a multiple of 32);
+- ``bn_stats_k3_finalize(partial, mean, var, C, S)``: grid ``ceil(C / 32)``, block 32; ``partial``
+  holds ``C * S`` summaries ``(n, mean, M2)``, channel-major, some possibly empty (``n = 0``);
+- ``bn_bwd_elemt(dy, x, mean, invstd, gamma, dgamma, dbeta, dx, N, C, HW)``: grid
+  ``(ceil(HW / 64), N * C)``, block 64: one grid row per (n, c) row of the tensor.
+``mean``/``var`` are per channel, biased (divide by ``m = N * HW``).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from minibn.checks._core import (
+    Case,
+    Hint,
+    assert_close,
+    grading_seed,
+    quiet,
+    require_callable,
+)
+
+__all__ = [
+    "check_thread_per_channel",
+    "check_thread_per_channel_randomized",
+    "check_block_tree",
+    "check_block_tree_randomized",
+    "check_welford_warp",
+    "check_welford_warp_randomized",
+    "check_grid_finalize",
+    "check_grid_finalize_randomized",
+    "check_backward_elementwise",
+    "check_backward_elementwise_randomized",
+]
+
+_ORDERS = ("forward", "reverse")
+
+
+# ---- compiling and launching the learner's source ---------------------------------------------
+
+def _source(fn, fn_name, kernel):
+    require_callable(fn, fn_name)
+    with quiet():
+        code = fn()
+    if not isinstance(code, str):
+        raise AssertionError(f"{fn_name}() must return the kernel's CUDA C source as a str, "
+                             f"got {type(code).__name__}")
+    if not re.search(rf"__global__\s+void\s+{kernel}\s*\(", code):
+        raise AssertionError(f"{fn_name}() must return a source defining "
+                             f'extern "C" __global__ void {kernel}(...)')
+    if not re.search(rf'extern\s+"C"\s+__global__\s+void\s+{kernel}\s*\(', code):
+        raise AssertionError(f'declare the kernel as extern "C" __global__ void {kernel}(...): without '
+                             "extern \"C\" the C++ compiler mangles its name and CuPy cannot find it")
+    from minibn.cuda.sources import inline_includes
+
+    try:
+        return inline_includes(code, "your_kernel.cu")
+    except ValueError as err:
+        raise AssertionError(str(err)) from None
+
+
+def _on_gpu():
+    """Grade on the GPU when there is one, unless ``MINIBN_KERNEL_DEVICE=cpu`` asks for the CPU
+    executor (stricter: two schedules, divergent barriers and deadlocks reported by name)."""
+    from minibn.cuda.runtime import gpu_available
+
+    return os.environ.get("MINIBN_KERNEL_DEVICE", "").lower() != "cpu" and gpu_available()
+
+
+def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0):
+    """Launch once per schedule (CPU) or once (GPU); return the arrays the kernel writes.
+
+    ``outputs`` maps the index of each written argument to its name. Outputs start as NaN, so an
+    element the kernel never writes shows up as NaN."""
+    from minibn.cuda.executor import CompileError, KernelError, schedule
+    from minibn.cuda.runtime import runtime_for
+
+    runs = []
+    for order in (("gpu",) if _on_gpu() else _ORDERS):
+        fresh = [np.full_like(a, np.nan) if i in outputs else a for i, a in enumerate(args)]
+        try:
+            if order == "gpu":
+                import cupy
+
+                dev = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in fresh]
+                runtime_for(dev[0]).compile(code, "your_kernel.cu").get_function(kernel)(
+                    grid, block, tuple(dev), shared_mem=shared_mem)
+                runs.append([cupy.asnumpy(dev[i]) for i in outputs])
+                continue
+            with schedule(order):
+                runtime_for(fresh[0]).compile(code, "your_kernel.cu").get_function(kernel)(
+                    grid, block, tuple(fresh), shared_mem=shared_mem)
+        except CompileError as err:
+            raise AssertionError(str(err)) from None
+        except KernelError as err:
+            raise AssertionError(f"{kernel} failed ({case.description}): {err}"
+                                 f"{_launch_hint(str(err))}") from None
+        except Exception as err:  # CuPy's compile and launch errors
+            raise AssertionError(f"{kernel} failed on the GPU ({case.description}): "
+                                 f"{type(err).__name__}: {err}") from None
+        runs.append([fresh[i] for i in outputs])
+    if len(runs) == 2:
+        for name, a, b in zip(outputs.values(), *runs):
+            if not np.array_equal(a, b, equal_nan=True):
+                raise AssertionError(
+                    f"{kernel} writes different {name} when its threads run in a different order "
+                    f"({case.description}): forward order gives {_first(a)}, reverse order "
+                    f"{_first(b)}. On a GPU the order is never fixed, so the kernel has a race. "
+                    "Hint: a thread reads shared memory that another thread writes without a "
+                    "__syncthreads() between the write and the read (after filling shared memory, "
+                    "and after every step of a tree)."
+                )
+    return runs[0]
+
+
+def _first(a):
+    return np.array2string(np.asarray(a).reshape(-1)[:4], precision=5)
+
+
+def _launch_hint(message):
+    if "divergent __syncthreads" in message:
+        return ("\nHint: every thread of the block must reach every __syncthreads(): put it outside "
+                "`if (t < stride)`, and don't `return` early from a kernel that synchronizes.")
+    if "dynamic shared memory" in message:
+        return ("\nHint: the check launches this kernel with the dynamic shared memory the exercise "
+                "states; index extern __shared__ arrays within it (or use fixed-size __shared__ arrays).")
+    if "deadlock" in message or "exited" in message:
+        return ("\nHint: a warp shuffle with mask 0xffffffff needs all 32 lanes of the warp to call "
+                "it; keep shuffles out of branches that only some lanes take.")
+    return ""
+
+
+# ---- statistics kernels -----------------------------------------------------------------------
+
+def _stats_case(description, shape, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(0.0, rng.uniform(0.5, 2.0), shape) + offset).astype(np.float32)
+    return Case(description, {"x": x}, {"offset": offset})
+
+
+def _stats_cases():
+    return [
+        _stats_case("x of shape (2, 3, 4, 4)", (2, 3, 4, 4), 0.0, 1),
+        _stats_case("x of shape (3, 2, 5, 7): N*H*W = 105, not a multiple of 32", (3, 2, 5, 7), 1.0, 2),
+        _stats_case("x of shape (2, 1, 3, 3): C = 1, H*W smaller than a warp", (2, 1, 3, 3), -1.0, 3),
+        _stats_case("x of shape (4, 5, 2, 3) with mean about 3", (4, 5, 2, 3), 3.0, 4),
+    ]
+
+
+def _random_stats_cases(seed, exercise):
+    rng = np.random.default_rng(grading_seed(exercise) if seed is None else seed)
+    cases = []
+    for k in range(3):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 8)),
+                 int(rng.integers(2, 8)))
+        offset = float(rng.choice([0.0, 2.0, -4.0]))
+        cases.append(_stats_case(f"randomized case {k}: x of shape {shape}", shape, offset,
+                                 int(rng.integers(2**31))))
+    return cases
+
+
+def _dims(x):
+    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:]))
+
+
+def _pooled(x64, how):
+    """Per-channel value lists for a correct or a known-wrong indexing of NCHW ``x``."""
+    N, C, HW = _dims(x64)
+    flat = x64.reshape(-1)
+    if how == "nchw":
+        return x64.reshape(N, C, HW).transpose(1, 0, 2).reshape(C, -1)
+    if how == "cnhw":  # (c * N + n) * HW + i: channels taken as the outer axis
+        return flat.reshape(C, N * HW)
+    if how == "no_c":  # n * HW + i: the channel forgotten
+        return np.tile(flat[: N * HW], (C, 1))
+    if how == "first_sample":  # only n = 0
+        return x64[0].reshape(C, HW)
+    raise ValueError(how)
+
+
+def _index_hints(x64, stat):
+    fn = (lambda v: v.mean(axis=1)) if stat == "mean" else (lambda v: v.var(axis=1))
+    return [
+        Hint(fn(_pooled(x64, "cnhw")), "the index treats x as (C, N, H, W). In NCHW, element "
+             "(n, c, i) of channel c sits at (n * C + c) * HW + i."),
+        Hint(fn(_pooled(x64, "no_c")), "the index ignores the channel: every channel got the "
+             "statistics of the first N*H*W values. Element (n, c, i) sits at (n * C + c) * HW + i."),
+        Hint(fn(_pooled(x64, "first_sample")), "the statistics cover sample n = 0 only; a "
+             "channel's statistics pool all N samples (m = N * H * W values)."),
+    ]
+
+
+def _tolerances(case, stat):
+    scale = 1.0 + abs(case["offset"])
+    if stat == "mean":
+        return 2e-6 * scale, 1e-5
+    return 5e-6 * scale * scale, 1e-4
+
+
+def _check_stats_kernel(fn, fn_name, kernel, cases, launch):
+    code = _source(fn, fn_name, kernel)
+    for case in cases:
+        x = case["x"]
+        N, C, HW = _dims(x)
+        grid, block, shared = launch(C)
+        args = (x, np.zeros(C, np.float32), np.zeros(C, np.float32), np.int32(N), np.int32(C),
+                np.int32(HW))
+        mean, var = _launch(code, kernel, grid, block, args, {1: "mean", 2: "var"}, case, shared)
+        x64 = x.astype(np.float64)
+        values = _pooled(x64, "nchw")
+        m = values.shape[1]
+        want_mean, want_var = values.mean(axis=1), values.var(axis=1)
+        atol, rtol = _tolerances(case, "mean")
+        with quiet():
+            assert_close("mean", mean, want_mean, case, atol=atol, rtol=rtol,
+                         hints=_index_hints(x64, "mean"))
+        atol, rtol = _tolerances(case, "var")
+        hints = [
+            Hint(want_var * m / max(m - 1, 1), "var divides by m - 1 (the unbiased variance); "
+                 "BatchNorm normalizes with the biased variance, dividing by m = N * H * W."),
+            Hint((values**2).mean(axis=1), "var is E[x^2]; subtract the squared mean: "
+                 "var = E[x^2] - mean^2."),
+            Hint(np.sqrt(want_var), "this is the standard deviation; var is its square."),
+            *_index_hints(x64, "var"),
+        ]
+        with quiet():
+            assert_close("var", var, want_var, case, atol=atol, rtol=rtol, hints=hints)
+
+
+def _k0_launch(C):
+    return (-(-C // 32),), (32,), 0
+
+
+def check_thread_per_channel(fn):
+    """``fn()`` returns the source of ``bn_stats_k0``: one thread per channel."""
+    _check_stats_kernel(fn, "bn_stats_k0_source", "bn_stats_k0", _stats_cases(), _k0_launch)
+
+
+def check_thread_per_channel_randomized(fn, seed=None):
+    _check_stats_kernel(fn, "bn_stats_k0_source", "bn_stats_k0",
+                        _random_stats_cases(seed, "bn_stats_k0"), _k0_launch)
+
+
+def _tree_launch(block):
+    return lambda C: ((C,), (block,), 2 * block * 4)
+
+
+def check_block_tree(fn):
+    """``fn()`` returns the source of ``bn_stats_k1``: a block per channel, shared-memory tree."""
+    for block in (64, 128):
+        _check_stats_kernel(fn, "bn_stats_k1_source", "bn_stats_k1", _stats_cases(), _tree_launch(block))
+
+
+def check_block_tree_randomized(fn, seed=None):
+    _check_stats_kernel(fn, "bn_stats_k1_source", "bn_stats_k1",
+                        _random_stats_cases(seed, "bn_stats_k1"), _tree_launch(64))
+
+
+def _warp_launch(block):
+    return lambda C: ((C,), (block,), 0)
+
+
+def check_welford_warp(fn):
+    """``fn()`` returns the source of ``bn_stats_k2``: Welford per thread, warp-shuffle merge."""
+    _check_stable(fn)
+    for block in (64, 96):
+        _check_stats_kernel(fn, "bn_stats_k2_source", "bn_stats_k2", _stats_cases(), _warp_launch(block))
+
+
+def check_welford_warp_randomized(fn, seed=None):
+    _check_stats_kernel(fn, "bn_stats_k2_source", "bn_stats_k2",
+                        _random_stats_cases(seed, "bn_stats_k2"), _warp_launch(64))
+
+
+def _check_stable(fn):
+    """Welford's point: the variance stays accurate when the mean is far from zero."""
+    case = _stats_case("x of shape (4, 2, 6, 6) with mean 1000", (4, 2, 6, 6), 1000.0, 9)
+    x = case["x"]
+    code = _source(fn, "bn_stats_k2_source", "bn_stats_k2")
+    args = (x, np.zeros(2, np.float32), np.zeros(2, np.float32), np.int32(4), np.int32(2), np.int32(36))
+    _, var = _launch(code, "bn_stats_k2", (2,), (64,), args, {1: "mean", 2: "var"}, case)
+    want = _pooled(x.astype(np.float64), "nchw").var(axis=1)
+    with quiet():
+        assert_close("var", var, want, case, atol=1e-3, rtol=1e-3,
+                     note="Welford's update keeps float32 variance accurate far from zero, where "
+                     "E[x^2] - mean^2 loses about 6 of its 7 digits: update the mean and M2 per "
+                     "element and merge with Chan's formula, never sum x^2.")
+
+
+# ---- grid-split finalize: Chan's merge of per-slice partials ----------------------------------
+
+def _finalize_case(description, shape, splits, offset, seed):
+    """Partials exactly as K3's first kernel writes them: slice s of channel c covers elements
+    [s * chunk, (s + 1) * chunk) of the channel, chunk = ceil(m / S); an empty slice is (0, 0, 0)."""
+    case = _stats_case(description, shape, offset, seed)
+    values = _pooled(case["x"].astype(np.float64), "nchw")
+    C, m = values.shape
+    chunk = -(-m // splits)
+    partial = np.zeros((C, splits, 3))
+    for s in range(splits):
+        part = values[:, s * chunk:(s + 1) * chunk]
+        if part.shape[1]:
+            partial[:, s] = np.stack([np.full(C, part.shape[1]), part.mean(axis=1),
+                                      ((part - part.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)], axis=1)
+    case.arrays["partial"] = partial.astype(np.float32)
+    case.params["S"] = splits
+    return case
+
+
+def _finalize_hints(partial, want_var):
+    n, mu, m2 = (partial[:, :, k].astype(np.float64) for k in range(3))
+    total = n.sum(axis=1)
+    used = n > 0
+    plain_mean = np.where(used, mu, 0).sum(axis=1) / used.sum(axis=1)
+    return [
+        Hint(plain_mean, "the means are averaged without weights; weight each slice's mean by its "
+             "count: mean = mean_a + delta * n_b / (n_a + n_b)."),
+    ], [
+        Hint(m2.sum(axis=1) / total, "var adds up the slices' M2 only; Chan's merge also adds "
+             "delta^2 * n_a * n_b / n, the spread between the slices' means."),
+        Hint(want_var * total / (total - 1), "var divides by n - 1; BatchNorm uses the biased "
+             "variance M2 / n."),
+    ]
+
+
+def _check_finalize(fn, cases):
+    code = _source(fn, "bn_stats_k3_finalize_source", "bn_stats_k3_finalize")
+    for case in cases:
+        partial = case["partial"]
+        C, S = partial.shape[0], case["S"]
+        args = (partial.reshape(-1), np.zeros(C, np.float32), np.zeros(C, np.float32), np.int32(C),
+                np.int32(S))
+        mean, var = _launch(code, "bn_stats_k3_finalize", (-(-C // 32),), (32,), args,
+                            {1: "mean", 2: "var"}, case)
+        values = _pooled(case["x"].astype(np.float64), "nchw")
+        want_mean, want_var = values.mean(axis=1), values.var(axis=1)
+        mean_hints, var_hints = _finalize_hints(partial, want_var)
+        empty = " Hint: skip an empty slice (n = 0): merging two empty summaries divides 0 by 0."
+        for name, got, want, hints in (("mean", mean, want_mean, mean_hints), ("var", var, want_var, var_hints)):
+            if not np.isfinite(got).all() and (partial[:, :, 0] == 0).any():
+                raise AssertionError(f"{name} contains NaN or inf ({case.description}; some slices are "
+                                     f"empty).{empty}")
+            atol, rtol = _tolerances(case, name)
+            with quiet():
+                assert_close(name, got, want, case, atol=atol, rtol=rtol, hints=hints)
+
+
+def _finalize_cases():
+    return [
+        _finalize_case("x of shape (2, 3, 4, 4) in 4 slices per channel", (2, 3, 4, 4), 4, 2.0, 21),
+        _finalize_case("x of shape (1, 2, 3, 3) in 4 slices: 9 values in slices of 3, so the last "
+                       "slice is empty", (1, 2, 3, 3), 4, 0.0, 22),
+        _finalize_case("x of shape (4, 1, 5, 2) in 3 slices, mean about 50", (4, 1, 5, 2), 3, 50.0, 23),
+        _finalize_case("x of shape (2, 5, 2, 3) in 1 slice", (2, 5, 2, 3), 1, -1.0, 24),
+    ]
+
+
+def check_grid_finalize(fn):
+    """``fn()`` returns the source of ``bn_stats_k3_finalize``: merge S partials per channel."""
+    _check_finalize(fn, _finalize_cases())
+
+
+def check_grid_finalize_randomized(fn, seed=None):
+    rng = np.random.default_rng(grading_seed("bn_stats_k3_finalize") if seed is None else seed)
+    cases = []
+    for k in range(3):
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 6)), int(rng.integers(1, 6)),
+                 int(rng.integers(2, 6)))
+        splits = int(rng.integers(1, 7))
+        cases.append(_finalize_case(f"randomized case {k}: x of shape {shape} in {splits} slices",
+                                    shape, splits, float(rng.choice([0.0, 3.0, -20.0])),
+                                    int(rng.integers(2**31))))
+    _check_finalize(fn, cases)
+
+
+# ---- backward elementwise kernel --------------------------------------------------------------
+
+def _bwd_case(description, shape, seed):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = rng.normal(0.5, 1.5, shape).astype(np.float32)
+    dy = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    gamma = (rng.uniform(0.5, 2.0, c) * rng.choice([-1, 1], c)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x64.mean(axis=axes)
+    invstd = 1.0 / np.sqrt(x64.var(axis=axes) + 1e-5)
+    b = (1, c) + (1,) * (x.ndim - 2)
+    x_hat = (x64 - mean.reshape(b)) * invstd.reshape(b)
+    dbeta = dy.astype(np.float64).sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    arrays = {"x": x, "dy": dy, "gamma": gamma, "mean": mean.astype(np.float32),
+              "invstd": invstd.astype(np.float32), "dgamma": dgamma.astype(np.float32),
+              "dbeta": dbeta.astype(np.float32), "x_hat": x_hat}
+    return Case(description, arrays)
+
+
+def _bwd_cases():
+    return [
+        _bwd_case("x of shape (2, 3, 4, 4)", (2, 3, 4, 4), 11),
+        _bwd_case("x of shape (3, 2, 5, 7): H*W = 35, not a multiple of the block", (3, 2, 5, 7), 12),
+        _bwd_case("x of shape (4, 1, 2, 3): C = 1", (4, 1, 2, 3), 13),
+    ]
+
+
+def _bwd_variants(case):
+    x_hat = case["x_hat"]
+    c = x_hat.shape[1]
+    b = (1, c) + (1,) * (x_hat.ndim - 2)
+    m = x_hat.size // c
+    dy = case["dy"].astype(np.float64)
+    g = case["gamma"].astype(np.float64).reshape(b)
+    inv = case["invstd"].astype(np.float64).reshape(b)
+    mdb = case["dbeta"].astype(np.float64).reshape(b) / m
+    mdg = case["dgamma"].astype(np.float64).reshape(b) / m
+    return {
+        "right": g * inv * (dy - mdb - x_hat * mdg),
+        "frozen": g * inv * dy,
+        "no_mean": g * inv * (dy - x_hat * mdg),
+        "no_var": g * inv * (dy - mdb),
+        "no_gamma": inv * (dy - mdb - x_hat * mdg),
+        "no_m": g * inv * (dy - mdb * m - x_hat * mdg * m),
+    }
+
+
+def _check_bwd(fn, cases):
+    code = _source(fn, "bn_bwd_elemt_source", "bn_bwd_elemt")
+    for case in cases:
+        x = case["x"]
+        N, C, HW = _dims(x)
+        args = (case["dy"], x, case["mean"], case["invstd"], case["gamma"], case["dgamma"],
+                case["dbeta"], np.zeros_like(x), np.int32(N), np.int32(C), np.int32(HW))
+        (dx,) = _launch(code, "bn_bwd_elemt", (-(-HW // 64), N * C), (64,), args, {7: "dx"}, case)
+        v = _bwd_variants(case)
+        hints = [
+            Hint(v["frozen"], "dx ignores the paths through the batch mean and variance: subtract "
+                 "dbeta / m and x_hat * dgamma / m from dy."),
+            Hint(v["no_mean"], "dx is missing the -dbeta / m term (the path through the mean)."),
+            Hint(v["no_var"], "dx is missing the -x_hat * dgamma / m term (the path through the "
+                 "variance)."),
+            Hint(v["no_gamma"], "dx is missing the factor gamma[c]."),
+            Hint(v["no_m"], "dbeta and dgamma are sums over m = N * H * W values; divide them by m."),
+        ]
+        with quiet():
+            assert_close("dx", dx, v["right"], case, atol=1e-5, rtol=1e-4, hints=hints)
+
+
+def check_backward_elementwise(fn):
+    """``fn()`` returns the source of ``bn_bwd_elemt``: dx from the reduced sums."""
+    _check_bwd(fn, _bwd_cases())
+
+
+def check_backward_elementwise_randomized(fn, seed=None):
+    rng = np.random.default_rng(grading_seed("bn_bwd_elemt") if seed is None else seed)
+    cases = []
+    for k in range(3):
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 9)),
+                 int(rng.integers(2, 9)))
+        cases.append(_bwd_case(f"randomized case {k}: x of shape {shape}", shape, int(rng.integers(2**31))))
+    _check_bwd(fn, cases)
