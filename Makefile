@@ -9,7 +9,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv lab test quicktest lessons bench clean-venv
+.PHONY: venv lab test quicktest lessons grade bench reproduce clean-venv browser browser-deps
 
 venv: $(STAMP)
 
@@ -24,10 +24,20 @@ $(STAMP): requirements/course.txt pyproject.toml
 	touch $(STAMP)
 
 lab: venv
-	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	$(BIN)/jupyter lab START.ipynb --ServerApp.root_dir="$(CURDIR)" $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-test: venv
+test: venv browser-deps
 	$(BIN)/python -m pytest
+
+# The browser tests drive Debian's Chromium. As root on Debian (CI), install it when missing; if
+# that fails, the tests themselves fail under CI=true and skip, saying why, elsewhere.
+browser-deps:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "make: chromium not installed; browser tests will skip (fail under CI=true)"; }
+
+browser: venv browser-deps
+	$(BIN)/python -m pytest tests/browser -v
 
 quicktest: venv
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -35,8 +45,15 @@ quicktest: venv
 lessons: venv
 	$(BIN)/python -m minibn.grading.release
 
+# Autograde submitted/<student>/<lesson>/, re-grade out of the kernel, feedback/ and grades.csv.
+grade: venv
+	$(BIN)/python -m minibn.grading grade $(GRADE_ARGS)
+
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+reproduce: venv
+	$(BIN)/python -m minibn.experiments all --fast --out build/reproduce
 
 clean-venv:
 	rm -rf $(VENV)

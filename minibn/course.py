@@ -39,3 +39,28 @@ def setup(seed=0):
         torch.manual_seed(seed)
         torch.set_num_threads(1)
     return fast_mode()
+
+
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
+def save_figure(fig, name, directory="figures"):
+    """Save ``fig`` as ``<directory>/<name>`` (PNG unless ``name`` ends in .svg or .pdf); return the path.
+
+    ``directory`` is relative to the working directory, which in Jupyter is the notebook's folder,
+    so a lesson's figures land in ``figures/`` next to it, ready for a report or slides.
+    """
+    from pathlib import Path
+
+    if not name or Path(name).name != name:
+        raise ValueError(f"save_figure: name must be a plain file name, got {name!r}")
+    path = Path(directory) / name
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        if path.suffix:
+            raise ValueError(f"save_figure: {name!r}: use one of {', '.join(FIGURE_FORMATS)} or no suffix")
+        path = path.with_suffix(".png")
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"save_figure: expected a matplotlib Figure, got {type(fig).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
