@@ -1,0 +1,28 @@
+"""E5 (Bjorck et al.): criteria B1-B3 over 3 seeds, on the learning rates they need."""
+import math
+
+import pytest
+
+from minibn.experiments import e5_learning_rates as e5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bn_allows_larger_learning_rates(seed):
+    result = e5.run(fast=True, seed=seed, progress=False, lrs=(0.01, 1.0, 3.0), sigmoid=False)
+    for claim in result.claims:
+        assert claim.passed, f"{claim.criterion} failed for seed {seed}: {claim.ours}"
+
+
+def test_claims_treat_divergence_as_unusable():
+    s = {}
+    for lr in e5.LRS:
+        for net in ("plain", "bn"):
+            diverged = net == "plain" and lr >= 1.0
+            s[f"train_acc_{net}_relu_lr{lr:g}"] = math.nan if diverged else 0.99
+            s[f"test_acc_{net}_relu_lr{lr:g}"] = math.nan if diverged else (0.95 if lr >= 1 else 0.9)
+            s[f"diverged_at_{net}_relu_lr{lr:g}"] = 5 if diverged else None
+    assert e5.usable_lrs(s, "plain") == [0.01, 0.03, 0.1, 0.3]
+    claims = e5.claims(s, e5.config())
+    assert [c.passed for c in claims] == [True, True, True]
+    assert "diverged" in claims[0].ours
