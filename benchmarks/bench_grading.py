@@ -1,0 +1,84 @@
+"""Grading throughput: seconds per submission of lesson 01, serial vs parallel.
+
+Grades ``--n`` copies (default 100) of the lesson 01 solution notebook, each as its own student,
+three ways in the same run, interleaved over ``--repeats``:
+
+- ``nbgrader``: plain ``nbgrader autograde`` (serial, in-kernel only): the peer;
+- ``minibn x1``: ``minibn.grading.grade`` with one worker (autograde + out-of-kernel re-grade +
+  integrity scans + feedback);
+- ``minibn xK``: the same with K workers (default: the CPU count).
+
+Prints seconds per submission (min over repeats) and each one's ratio to the peer. The fixed
+costs (nbgrader start-up, generating the lesson, feedback) are included: they are what an
+instructor waits for.
+
+    .venv/bin/python benchmarks/bench_grading.py [--n 100] [--workers K] [--repeats 1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from minibn.grading import grade, nbgrader_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+LESSON = "01-normalize"
+
+
+def make_course(root, n):
+    shutil.copy(ROOT / "nbgrader_config.py", root / "nbgrader_config.py")
+    shutil.copytree(ROOT / "solutions" / LESSON, root / "solutions" / LESSON,
+                    ignore=shutil.ignore_patterns("backups", ".ipynb_checkpoints"))
+    notebook = root / "solutions" / LESSON / f"{LESSON}.ipynb"
+    for i in range(n):
+        dest = root / "submitted" / f"student{i:03d}" / LESSON
+        dest.mkdir(parents=True)
+        shutil.copy(notebook, dest / notebook.name)
+
+
+def plain_nbgrader(course):
+    env = nbgrader_cli.nbgrader_env({"MINIBN_FAST": "1", "MINIBN_STATIC": "1", "MPLBACKEND": "Agg",
+                                     "MINIBN_GRADING_SECRET": "bench"})
+    nbgrader_cli.run(["generate_assignment", LESSON, "--force"], course, env=env)
+    nbgrader_cli.run(["autograde", LESSON, "--force"], course, env=env, check=False)
+
+
+def minibn_grade(course, workers):
+    grade.grade(course, workers=workers, secret="bench", log=lambda *a, **k: None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="submissions (default 100)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    if not (ROOT / "solutions" / LESSON).is_dir():
+        sys.exit(f"solutions/{LESSON} is missing")
+    modes = {
+        "nbgrader autograde (peer)": plain_nbgrader,
+        "minibn grade x1": lambda c: minibn_grade(c, 1),
+        f"minibn grade x{args.workers}": lambda c: minibn_grade(c, args.workers),
+    }
+    best = {name: float("inf") for name in modes}
+    for _ in range(args.repeats):
+        for name, run in modes.items():
+            with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
+                make_course(Path(tmp), args.n)
+                start = time.perf_counter()
+                run(Path(tmp))
+                best[name] = min(best[name], time.perf_counter() - start)
+    peer = best["nbgrader autograde (peer)"]
+    print(f"{args.n} submissions of {LESSON}, {os.cpu_count()} CPU(s), min of {args.repeats} repeat(s)")
+    print(f"{'mode':<28}{'total s':>9}{'s/submission':>14}{'vs peer':>9}")
+    for name, seconds in best.items():
+        print(f"{name:<28}{seconds:>9.1f}{seconds / args.n:>14.2f}{seconds / peer:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
