@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 
@@ -24,18 +25,17 @@ def static_mode():
 
 
 def setup(seed=0):
-    """Seed NumPy, Python and (if installed) torch; use one torch thread. Returns ``fast_mode()``.
+    """Seed NumPy, Python and, if the lesson imported it first, torch (with one thread).
 
-    One thread: on a small CPU, torch's default thread pool fights other processes and runs
-    small models several times slower.
+    Returns ``fast_mode()``. torch is seeded only when already imported: importing it costs
+    seconds, which NumPy-only lessons (and every grading kernel that runs them) should not pay,
+    so a lesson that uses torch imports it before calling ``setup``. One thread: on a small CPU,
+    torch's default thread pool fights other processes and runs small models several times slower.
     """
     random.seed(seed)
     np.random.seed(seed)
-    try:
-        import torch
-    except ImportError:
-        pass
-    else:
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.manual_seed(seed)
         torch.set_num_threads(1)
     return fast_mode()

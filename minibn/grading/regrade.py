@@ -11,6 +11,8 @@ instructor's ``solutions/`` notebook) against it in a fresh interpreter:
   cells contribute only their definitions (imports, ``def``, ``class``, constant assignments),
   so the names a solution relies on exist but demos and training runs are skipped;
 - per-cell time limit (an alarm), a process time limit, a memory limit, output discarded;
+- a network namespace of its own (Linux; as root, or unprivileged through a user namespace): no
+  interface is up there, loopback included, so learner code can reach no server;
 - after every cell and test the dictionaries of ``numpy`` and ``minibn`` modules are compared with
   a snapshot taken before any learner code ran and restored: a patch is flagged, and a test during
   which something was patched scores 0;
@@ -23,6 +25,7 @@ instructor's ``solutions/`` notebook) against it in a fresh interpreter:
 from __future__ import annotations
 
 import ast
+import ctypes
 import json
 import os
 import subprocess
@@ -33,6 +36,8 @@ from pathlib import Path
 from minibn.grading import notebooks as nbs
 
 MEMORY_LIMIT_BYTES = 8 * 2**30
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
 
 
 # ---------------------------------------------------------------- parent: build the plan, run it
@@ -126,6 +131,11 @@ def regrade(plan, *, student, env=None, cell_timeout=60.0):
                 crash = f"the re-grade process exited with status {proc.returncode}"
         except subprocess.TimeoutExpired:
             crash = f"the re-grade process ran past its {budget:.0f} s limit"
+        except subprocess.SubprocessError as err:
+            raise RuntimeError(
+                "could not start the re-grade process in a network namespace of its own (Linux "
+                "network and user namespaces are needed; grade as root or enable unprivileged user "
+                f"namespaces): {err}") from err
         try:
             result = json.loads(result_path.read_text())
         except (OSError, ValueError):
@@ -144,6 +154,16 @@ def _limits():
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     os.setsid()
+    _isolate_network()
+
+
+def _isolate_network():
+    """Move this (child) process into a new network namespace, whose only interface is a loopback
+    that is down. Root may do that directly; anyone else inside a new user namespace, which keeps
+    the process's file permissions as they were."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) != 0 and libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare: cannot create a network namespace")
 
 
 # ---------------------------------------------------------------- child: run the plan

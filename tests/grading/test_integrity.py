@@ -1,5 +1,6 @@
 """Static scans and the out-of-kernel re-grade's building blocks, without nbgrader (fast)."""
 import copy
+import socket
 from pathlib import Path
 
 import nbformat
@@ -127,3 +128,32 @@ def test_huge_outputs_are_capped():
     nb, _ = feedback.CapOutputs(max_bytes=10_000).preprocess(_nb_with_outputs([big, small], test=False), {})
     assert nb.cells[0].outputs[1] == small
     assert "removed by the grader" in nb.cells[0].outputs[0].text
+
+
+def test_regrade_process_has_no_network():
+    """Case 23: learner code in the re-grade reaches no server, not even one on loopback."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    reach = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+        "    reached = True\n"
+        "except OSError:\n"
+        "    reached = False\n"
+    )
+    check = "assert reached is False, 'the re-grade process reached a server'\n"
+    plan = {"cells": [{"label": "reach", "source": reach, "learners": []}],
+            "tests": [{"grade_id": "test_network", "points": 1.0, "source": check,
+                       "names": sorted(rg.names_used(check))}],
+            "learner_functions": []}
+    try:
+        result = rg.regrade(plan, student="c23-network", cell_timeout=20.0)
+        with pytest.raises(socket.timeout):
+            server.accept()
+    finally:
+        server.close()
+    assert result["tests"]["test_network"]["passed"], result
