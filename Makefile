@@ -42,8 +42,10 @@ browser: venv browser-deps
 quicktest: venv
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# Regenerate lessons/ from solutions/ (all, or one: `make lessons LESSON=01-normalize`); a lesson
+# the learner edited is moved to lessons/<lesson>/backups/ first, never overwritten.
 lessons: venv
-	$(BIN)/python -m minibn.grading.release
+	$(BIN)/python -m minibn.grading.release $(LESSON)
 
 # Autograde submitted/<student>/<lesson>/, re-grade out of the kernel, feedback/ and grades.csv.
 grade: venv

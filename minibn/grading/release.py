@@ -7,7 +7,9 @@ lessons byte-for-byte the same on every run.
 
 A learner's work is never overwritten: ``lessons/.generated.json`` records the sha256 of every
 file last generated, and a lesson file that differs from that record (someone edited it) is
-moved to ``lessons/<a>/backups/<name>-<timestamp>.ipynb`` first, with a warning.
+moved to ``lessons/<a>/backups/<name>-<timestamp>.ipynb`` first, with a warning. Naming lessons
+(``python -m minibn.grading.release 01-normalize``, ``make lessons LESSON=01-normalize``) refreshes
+only those, so starting one lesson over leaves the others as the learner left them.
 
 ``--check`` regenerates into memory only and exits 1 naming every lesson file that differs from
 what the solutions generate (the sync test runs it).
@@ -58,21 +60,28 @@ def drift(course_root, generated=None):
     generated = generate(course_root) if generated is None else generated
     drifted = [rel for rel, data in generated.items()
                if not (lessons / rel).is_file() or (lessons / rel).read_bytes() != data]
-    if _manifest_text(generated) != _read(lessons / MANIFEST):
+    hashes = {rel: nbs.sha256(data) for rel, data in generated.items()}
+    if _manifest_text(hashes) != _read(lessons / MANIFEST):
         drifted.append(MANIFEST)
     return drifted
 
 
-def release(course_root, log=print):
+def release(course_root, only=(), log=print):
     """Write the generated lessons, backing up any lesson file edited since the last release.
 
+    ``only``: lesson names (``01-normalize``) to refresh; empty means every lesson.
     Returns the list of backups made (paths).
     """
     lessons = Path(course_root) / "lessons"
     generated = generate(course_root)
     manifest = _load_manifest(lessons / MANIFEST)
+    unknown = set(only) - {rel.split("/")[0] for rel in generated}
+    if unknown:
+        raise ValueError(f"no such lesson: {', '.join(sorted(unknown))} (lessons: "
+                         f"{', '.join(sorted({rel.split('/')[0] for rel in generated}))})")
+    selected = {rel: data for rel, data in generated.items() if not only or rel.split("/")[0] in only}
     backups = []
-    for rel, data in generated.items():
+    for rel, data in selected.items():
         target = lessons / rel
         if target.is_file():
             current = target.read_bytes()
@@ -84,8 +93,11 @@ def release(course_root, log=print):
         if not target.is_file() or target.read_bytes() != data:
             target.write_bytes(data)
             log(f"wrote {target}")
-    (lessons / MANIFEST).write_text(_manifest_text(generated))
-    log(f"{len(generated)} lesson file(s) up to date in {lessons}")
+    # Lessons not refreshed keep their old record, so their edits are still recognised later.
+    hashes = {rel: manifest[rel] for rel in generated if rel in manifest and rel not in selected}
+    hashes.update({rel: nbs.sha256(data) for rel, data in selected.items()})
+    (lessons / MANIFEST).write_text(_manifest_text(hashes))
+    log(f"{len(selected)} lesson file(s) up to date in {lessons}")
     return backups
 
 
@@ -102,9 +114,8 @@ def _backup(path):
     return dest
 
 
-def _manifest_text(generated):
-    entries = {rel: nbs.sha256(data) for rel, data in sorted(generated.items())}
-    return json.dumps({"generated_by": "python -m minibn.grading.release", "sha256": entries},
+def _manifest_text(hashes):
+    return json.dumps({"generated_by": "python -m minibn.grading.release", "sha256": hashes},
                       indent=1, sort_keys=True) + "\n"
 
 
@@ -126,6 +137,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minibn.grading.release", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--course", default=".", help="course directory (holds nbgrader_config.py)")
+    parser.add_argument("lessons", nargs="*", metavar="LESSON",
+                        help="refresh only these lessons (e.g. 01-normalize); default: all")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if lessons/ differs from the solutions")
     args = parser.parse_args(argv)
@@ -140,7 +153,10 @@ def main(argv=None):
             return 1
         print("lessons/ matches solutions/")
         return 0
-    release(course)
+    try:
+        release(course, only=args.lessons)
+    except ValueError as err:
+        parser.error(str(err))
     return 0
 
 

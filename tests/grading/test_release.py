@@ -65,6 +65,28 @@ def test_release_is_deterministic_clean_and_keeps_learner_edits(course):
     assert len(list((lesson.parent / "backups").iterdir())) == 1
 
 
+def test_one_lesson_is_reset_and_the_others_are_left_alone(course):
+    """`make lessons LESSON=a`: lesson a is backed up and refreshed; b keeps the learner's edits."""
+    shutil.copytree(course / "solutions" / "00-mini", course / "solutions" / "00-other")
+    assert _cli(course).returncode == 0
+    mine, other = (course / "lessons" / a / "00-mini.ipynb" for a in ("00-mini", "00-other"))
+    generated = mine.read_bytes()
+    for lesson in (mine, other):
+        lesson.write_bytes(generated.replace(b"raise NotImplementedError()", b"return x.mean(0), x.var(0)"))
+    edited = other.read_bytes()
+
+    reset = _cli(course, "00-mini")
+    assert reset.returncode == 0, reset.stderr
+    assert mine.read_bytes() == generated and len(list((mine.parent / "backups").iterdir())) == 1
+    assert other.read_bytes() == edited and not (other.parent / "backups").exists()
+    # The untouched lesson's edit is still recognised as the learner's on a later full refresh.
+    assert _cli(course).returncode == 0
+    assert [p.read_bytes() for p in (other.parent / "backups").iterdir()] == [edited]
+
+    unknown = _cli(course, "99-nope")
+    assert unknown.returncode == 2 and "no such lesson: 99-nope" in unknown.stderr
+
+
 def test_check_names_the_drifted_lesson(course):
     assert _cli(course).returncode == 0
     assert _cli(course, "--check").returncode == 0
