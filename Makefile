@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch on 2 busy cores: one intra-op thread is several times faster than two fighting (environment.md).
+# torch on 2 busy cores: one intra-op thread is several times faster than two fighting
+# (docs/browser-tests.md, "Threads"); every kernel started from make inherits these.
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: venv lab test quicktest lessons grade bench reproduce clean-venv browser browser-deps
+.PHONY: venv lab test quicktest lessons grade bench reproduce calibrate clean-venv browser browser-deps sandbox-deps
 
 venv: $(STAMP)
 
@@ -26,7 +27,7 @@ $(STAMP): requirements/course.txt pyproject.toml
 lab: venv
 	$(BIN)/jupyter lab START.ipynb --ServerApp.root_dir="$(CURDIR)" $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-test: venv browser-deps
+test: venv browser-deps sandbox-deps
 	$(BIN)/python -m pytest
 
 # The browser tests drive Debian's Chromium. As root on Debian (CI), install it when missing; if
@@ -35,6 +36,15 @@ browser-deps:
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "make: chromium not installed; browser tests will skip (fail under CI=true)"; }
+
+# Grading runs learner code in a bubblewrap sandbox (docs/grading.md). As root on Debian (CI),
+# install it when missing; under CI=true a missing bwrap is an error, elsewhere grading itself
+# refuses to run and says how to install it.
+sandbox-deps:
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } ; } \
+	  || { [ "$$CI" = true ] && { echo "make: bubblewrap (bwrap) is missing and could not be installed; grading needs it" >&2; exit 1; } ; } \
+	  || echo "make: bubblewrap not installed; grading will refuse to run (apt-get install bubblewrap)"
 
 browser: venv browser-deps
 	$(BIN)/python -m pytest tests/browser -v
@@ -48,7 +58,7 @@ lessons: venv
 	$(BIN)/python -m minibn.grading.release $(LESSON)
 
 # Autograde submitted/<student>/<lesson>/, re-grade out of the kernel, feedback/ and grades.csv.
-grade: venv
+grade: venv sandbox-deps
 	$(BIN)/python -m minibn.grading grade $(GRADE_ARGS)
 
 bench: venv
@@ -56,6 +66,11 @@ bench: venv
 
 reproduce: venv
 	$(BIN)/python -m minibn.experiments all --fast --out build/reproduce
+
+# Every criterion's statistic over seeds and two CPU code paths (docs/reproductions.md); cached
+# per run in build/calibration, so an interrupted calibration resumes.
+calibrate: venv
+	$(BIN)/python -m minibn.experiments calibrate all --paths native:0-19,avx2:0-19 --out build/calibration
 
 clean-venv:
 	rm -rf $(VENV)

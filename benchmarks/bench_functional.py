@@ -3,7 +3,8 @@
 For each shape, the two implementations and a memcpy of an input-sized buffer are timed in the
 same run, interleaved (A, B, copy, A, B, copy, ...), and the minimum over repeats is kept: on a
 shared machine the minimum is the least disturbed sample, and interleaving means a burst of
-load from other processes hits both sides alike rather than one of them.
+load from other processes hits both sides alike rather than one of them. Times are the thread's
+CPU time (``time.thread_time``), which leaves out the time spent waiting for a core.
 
 Printed per shape:
 - ``minibn`` and ``torch``: min time of one forward+backward (training mode, affine);
@@ -14,7 +15,8 @@ Printed per shape:
 - ``copy GB/s``: ``np.copyto`` of an input-sized buffer (read + write = 2 tensors), the
   machine's practical memory bandwidth measured in the same run.
 
-Usage: ``python benchmarks/bench_functional.py [--repeats R] [--quick]`` (``make bench`` runs it).
+Usage: ``python benchmarks/bench_functional.py [--repeats R] [--quick]`` (``make bench`` runs it);
+``ATEN_CPU_CAPABILITY=avx2`` in the environment makes torch use its AVX2 kernels.
 """
 from __future__ import annotations
 
@@ -72,10 +74,10 @@ def _min_times(steps, repeats, inner):
         step()
     for _ in range(repeats):
         for i, step in enumerate(steps):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(inner):
                 step()
-            best[i] = min(best[i], (time.perf_counter() - t0) / inner)
+            best[i] = min(best[i], (time.thread_time() - t0) / inner)
     return best
 
 
@@ -107,8 +109,9 @@ def main():
     torch.set_num_threads(1)
     shapes = [(TARGET[0], TARGET[1])] if args.quick else SHAPES
     repeats = args.repeats
-    print(f"minibn forward+backward vs torch F.batch_norm, 1 thread, min of {repeats} interleaved "
-          f"repeats (torch {torch.__version__}, numpy {np.__version__})")
+    print(f"minibn forward+backward vs torch F.batch_norm, 1 thread, min CPU time of {repeats} "
+          f"interleaved repeats (torch {torch.__version__} with "
+          f"{torch.backends.cpu.get_cpu_capability()} kernels, numpy {np.__version__})")
     print(f"{'shape':>20} {'dtype':>8} {'minibn ms':>10} {'torch ms':>9} {'ratio':>6} "
           f"{'GB/s':>6} {'torch GB/s':>10} {'copy GB/s':>9}")
     for shape, dtype in shapes:

@@ -4,8 +4,9 @@ Grades ``--n`` copies (default 100) of the lesson 01 solution notebook, each as 
 three ways in the same run, interleaved over ``--repeats``:
 
 - ``nbgrader``: plain ``nbgrader autograde`` (serial, in-kernel only): the peer;
-- ``minibn x1``: ``minibn.grading.grade`` with one worker (autograde + out-of-kernel re-grade +
-  integrity scans + feedback);
+- ``minibn x1``: ``minibn.grading.grade`` with one worker (autograde in the bubblewrap sandbox +
+  the re-grade, its learner side sandboxed and its verdict in a grader process + integrity scans +
+  similarity + feedback);
 - ``minibn xK``: the same with K workers (default: the CPU count).
 
 Prints seconds per submission (min over repeats) and each one's ratio to the peer. The fixed
@@ -49,7 +50,9 @@ def plain_nbgrader(course):
 
 
 def minibn_grade(course, workers):
-    grade.grade(course, workers=workers, secret="bench", log=lambda *a, **k: None)
+    # Every submission is the instructor's notebook: an exact copy of the solution, expected here.
+    students = [p.name for p in (course / "submitted").iterdir()]
+    grade.grade(course, workers=workers, secret="bench", log=lambda *a, **k: None, self_check_students=students)
 
 
 def main():

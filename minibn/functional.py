@@ -17,6 +17,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minibn.conventions import array_namespace, check_batch_size, check_eps, check_momentum
+from minibn.conventions import channel_shape as _channel_shape
+from minibn.conventions import reduce_axes as _reduce_axes
+from minibn.conventions import unbiased_variance, update_running_stat
+
 __all__ = [
     "BatchNormCache",
     "array_namespace",
@@ -24,6 +29,7 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_inference",
+    "pooled_moments",
     "update_running_stats",
 ]
 
@@ -47,24 +53,6 @@ class BatchNormCache(NamedTuple):
     inv_std: object
     gamma: object
     eps: float
-
-
-def array_namespace(x):
-    """Return ``cupy`` for a CuPy array and ``numpy`` for anything else."""
-    if type(x).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-def _channel_shape(x):
-    """Shape that broadcasts a ``(C,)`` vector against ``x`` along axis 1."""
-    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
-
-
-def _reduce_axes(x):
-    return (0,) + tuple(range(2, x.ndim))
 
 
 def _check_input(x, name="x"):
@@ -96,11 +84,6 @@ def _check_param(p, name, x):
     if not (xp.issubdtype(p.dtype, xp.floating) or xp.issubdtype(p.dtype, xp.integer)):
         raise TypeError(f"{name} must be a real numeric array, got dtype {p.dtype}")
     return p.astype(x.dtype, copy=False)
-
-
-def _check_eps(eps):
-    if not eps >= 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
 
 
 def _check_finite(xp, stat, problem):
@@ -135,12 +118,9 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5):
     xp = _check_input(x)
     gamma = _check_param(gamma, "gamma", x)
     beta = _check_param(beta, "beta", x)
-    _check_eps(eps)
+    check_eps(eps, training=False)  # eps = 0 allowed: lesson 01 tries it
+    check_batch_size(tuple(x.shape), allow_empty=False)
     m = x.size // x.shape[1]
-    if m <= 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
-        )
     shape = _channel_shape(x)
 
     mean = _per_channel_sum(xp, x) / m
@@ -294,7 +274,7 @@ def batchnorm_inference(x, mean, var, gamma, beta, eps=1e-5):
     var = _check_param(var, "var", x)
     gamma = _check_param(gamma, "gamma", x)
     beta = _check_param(beta, "beta", x)
-    _check_eps(eps)
+    check_eps(eps, training=False)  # eps = 0 allowed: lesson 01 tries it
     for name, stat in (("mean", mean), ("var", var)):
         _check_finite(xp, stat, f"{name} contains NaN or inf in channel(s) {{channels}}")
     if bool((var < 0).any()):
@@ -324,21 +304,38 @@ def update_running_stats(running_mean, running_var, x, momentum=0.1):
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if not hasattr(r, "shape") or tuple(r.shape) != (x.shape[1],):
             raise ValueError(f"{name} must be an array of shape (C,) = ({x.shape[1]},)")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    check_momentum(momentum)
+    check_batch_size(tuple(x.shape), allow_empty=False)
     m = x.size // x.shape[1]
-    if m <= 1:
-        raise ValueError(
-            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
-        )
     axes = _reduce_axes(x)
     mean = x.mean(axis=axes)
     _check_finite(xp, mean, "x contains NaN or inf in channel(s) {channels}")
-    var_unbiased = x.var(axis=axes, ddof=1)
+    var_unbiased = unbiased_variance(x.var(axis=axes), m)
     _check_finite(xp, var_unbiased, f"the variance of x overflows {x.dtype} in channel(s) "
                   "{channels}")
-    running_mean *= 1.0 - momentum
-    running_mean += momentum * mean
-    running_var *= 1.0 - momentum
-    running_var += momentum * var_unbiased
+    update_running_stat(running_mean, mean, momentum)
+    update_running_stat(running_var, var_unbiased, momentum)
     return running_mean, running_var
+
+
+def pooled_moments(counts, means, variances):
+    """Mean and unbiased variance of all the values of several batches, from each batch's
+    statistics (PreciseBN; the population statistics of Algorithm 2).
+
+    ``counts[b]`` values per channel in batch b, its per-channel ``means[b]`` and *biased*
+    ``variances[b]`` (arrays or tensors of one shape). Chan et al.'s merge,
+    ``var = sum_b n_b (var_b + (mean_b - mean)^2) / (N - 1)``, weighs every value once and has
+    no ``E[x^2] - E[x]^2`` cancellation; on disjoint batches covering a data set it is exactly
+    that data set's unbiased variance. Plain arithmetic, so NumPy, CuPy and torch all work.
+    """
+    counts = [int(n) for n in counts]
+    if len(counts) != len(means) or len(counts) != len(variances):
+        raise ValueError(f"pooled_moments: {len(counts)} counts, {len(means)} means and "
+                         f"{len(variances)} variances; give one of each per batch")
+    if any(n < 1 for n in counts) or sum(counts) < 2:
+        raise ValueError(f"batch sizes must be >= 1 and sum to >= 2, got {counts}")
+    total = sum(counts)
+    mean = sum(n * m for n, m in zip(counts, means)) / total
+    m2 = sum(n * (v + (m - mean) ** 2) for n, m, v in zip(counts, means, variances))
+    return mean, m2 / (total - 1)
+

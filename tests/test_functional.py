@@ -443,3 +443,54 @@ def test_cupy_arrays_match_numpy(rng):
             bad = gx.copy()
             bad[0, 1, 0, 0] = cupy.nan
             bn.batchnorm_forward(bad, gg, gb)
+
+
+# --- pooled_moments: population statistics from batch statistics (PreciseBN) -----------------
+
+def _batch_stats(x, m):
+    parts = [x[i:i + m] for i in range(0, len(x), m)]
+    return [p.mean(0) for p in parts], [p.var(0, unbiased=False) for p in parts]
+
+
+def test_pooled_moments_equals_the_full_data_statistics_on_equal_disjoint_batches():
+    x = torch.randn(600, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3 + 1
+    means, variances = _batch_stats(x, 20)
+    mean, var = bn.pooled_moments([20] * 30, means, variances)
+    torch.testing.assert_close(mean, x.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, x.var(0, unbiased=True), rtol=1e-12, atol=1e-12)
+    # averaging each batch's Bessel-corrected variance is another estimator, not this one
+    assert not torch.allclose(torch.stack(variances).mean(0) * 20 / 19, var, rtol=1e-6)
+
+
+def test_pooled_moments_weights_each_sample_once_with_unequal_batches():
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    parts = [x[:10], x[10:15], x[15:]]
+    mean, var = bn.pooled_moments([10, 5, 35], [p.mean(0) for p in parts],
+                                 [p.var(0, unbiased=False) for p in parts])
+    torch.testing.assert_close(mean, x.mean(0))
+    torch.testing.assert_close(var, x.var(0, unbiased=True))
+
+
+def test_pooled_moments_agrees_with_minibn_nn_precise_bn():
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    import minibn.nn as mnn
+
+    layer = mnn.BatchNorm1d(6).double()
+    mnn.precise_bn(torch.nn.Sequential(layer), [x[i:i + 40] for i in range(0, 400, 40)])
+    mean, var = bn.pooled_moments([40] * 10, *_batch_stats(x, 40))
+    torch.testing.assert_close(layer.running_mean, mean)
+    torch.testing.assert_close(layer.running_var, var)
+
+
+def test_pooled_moments_works_on_numpy_and_names_bad_input():
+    x = np.random.default_rng(4).normal(3.0, 2.0, size=(90, 2))
+    parts = [x[:7], x[7:40], x[40:]]
+    mean, var = bn.pooled_moments([len(p) for p in parts], [p.mean(0) for p in parts],
+                                  [p.var(0) for p in parts])
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(var, x.var(0, ddof=1), rtol=1e-13)
+    with pytest.raises(ValueError, match="3 counts, 2 means"):
+        bn.pooled_moments([1, 2, 3], [x[0], x[1]], [x[0], x[1]])
+    with pytest.raises(ValueError, match="sum to >= 2"):
+        bn.pooled_moments([1], [x[0]], [x[0]])
+

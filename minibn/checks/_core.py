@@ -4,7 +4,7 @@ A check is a plain function that takes the learner's function, runs it on genera
 raises ``AssertionError`` with a message a learner can act on: the quantity, the case, the worst
 index, expected vs received, the tolerance and, when the wrong answer matches a known bug, a hint.
 The same function runs under pytest against the reference and in nbgrader test cells against the
-learner's code, so it must (nbgrader's rules, see shared/autograding.md):
+learner's code, so it must (nbgrader's scoring rules, see docs/grading.md):
 
 - return ``None`` (a trailing float in a test cell becomes the score);
 - print nothing to stderr (any stderr scores the cell 0): ``quiet()`` captures warnings and stderr.
@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import math
 import os
 import secrets
 import warnings
@@ -89,12 +90,27 @@ def quiet():
         captured.warnings = list(record)
 
 
-def fmt(v):
-    """Short, exact-enough text for a number in a message."""
+def fmt(v, digits=6):
+    """Short, exact-enough text for a number in a message (``digits`` > 6 keeps trailing zeros,
+    so two numbers printed side by side show the same number of digits)."""
     v = float(v)
     if v == 0 or 1e-3 <= abs(v) < 1e4:
-        return f"{v:.6g}"
-    return f"{v:.4e}"
+        return f"{v:#.{digits}g}" if digits > 6 and v != 0 else f"{v:.{digits}g}"
+    return f"{v:.{max(digits - 2, 4)}e}"
+
+
+def fmt_pair(a, b):
+    """``a`` and ``b`` with enough digits to show their difference to two significant digits.
+
+    "expected 1.40025, received 1.40024" hides whether they differ by 1e-5 or by 1e-6; with the
+    difference resolved ("1.4002483, received 1.4002431") the learner can see how far off it is.
+    """
+    a, b = float(a), float(b)
+    digits = 6
+    if a != b and math.isfinite(a) and math.isfinite(b):
+        scale = max(abs(a), abs(b))
+        digits = min(17, max(6, int(math.ceil(math.log10(scale / abs(a - b)))) + 2))
+    return fmt(a, digits), fmt(b, digits)
 
 
 def as_float64(quantity, received, case):
@@ -141,7 +157,9 @@ def assert_close(quantity, received, expected, case, *, atol, rtol, hints=(), dt
     """Assert the learner's ``received`` equals ``expected`` within ``atol + rtol * |expected|``.
 
     The message names the quantity, the case, the worst index with expected vs received, the
-    tolerance and the first hint whose buggy answer ``received`` matches.
+    tolerance and the first hint whose buggy answer ``received`` matches. ``atol`` may be an
+    array broadcasting against ``expected`` (a tolerance that follows each entry's
+    conditioning); ``hints`` may be a function returning the hints, called only on a failure.
     """
     expected = _asarray(expected)
     if dtype is not None and type(received) is _ndarray:
@@ -149,27 +167,33 @@ def assert_close(quantity, received, expected, case, *, atol, rtol, hints=(), dt
     got = as_float64(quantity, received, case)
     want = _asarray(expected, dtype=np.float64)
     assert_shape(quantity, got, want.shape, case, _shape_hint(got.shape, want.shape))
+    atol_full = np.broadcast_to(_asarray(atol, dtype=np.float64), want.shape)
     if not _isfinite(got).all():
         bad = _unravel_index(int(_argmax(~_isfinite(got))), got.shape)
         raise AssertionError(
             f"{quantity} contains NaN or inf, first at index {tuple(int(i) for i in bad)} "
-            f"({case.description}).{_pick_hint(got, hints, atol, rtol)}"
+            f"({case.description}).{_pick_hint(got, hints, atol_full, rtol)}"
         )
-    excess = _abs(got - want) - (atol + rtol * _abs(want))
+    excess = _abs(got - want) - (atol_full + rtol * _abs(want))
     worst = int(_argmax(excess))
     if excess.reshape(-1)[worst] <= 0:
         return
     idx = tuple(int(i) for i in _unravel_index(worst, got.shape))
     where = f"at index {idx}" if idx else ""
+    shown_want, shown_got = fmt_pair(want[idx], got[idx])
     raise AssertionError(
         f"{quantity} is wrong {where} ({case.description}): expected "
-        f"{fmt(want[idx])}, received {fmt(got[idx])} (|error| {fmt(abs(got[idx] - want[idx]))}, "
-        f"tolerance atol={atol:g} + rtol={rtol:g}*|expected|)."
-        f"{(' ' + note) if note else ''}{_pick_hint(got, hints, atol, rtol)}"
+        f"{shown_want}, received {shown_got} (|error| {fmt(abs(got[idx] - want[idx]))}, "
+        f"tolerance atol={float(atol_full[idx]):g} + rtol={rtol:g}*|expected|)."
+        f"{(' ' + note) if note else ''}{_pick_hint(got, hints, atol_full, rtol)}"
     )
 
 
 def _shape_hint(got, want):
+    squeezed = tuple(d for d in got if d != 1)
+    if len(got) > len(want) and squeezed == tuple(d for d in want if d != 1):
+        return (f"the values are there but with extra length-1 axes: drop keepdims=True (or "
+                f"reshape) and return shape {tuple(want)}")
     if len(want) == 1:  # a per-channel quantity
         return (f"a per-channel quantity has one value per channel, shape (C,) = {tuple(want)}: "
                 "reduce over every axis except the channel axis 1")
@@ -179,8 +203,14 @@ def _shape_hint(got, want):
 
 
 def _pick_hint(received, hints, atol, rtol):
+    if callable(hints):
+        hints = hints()
+    atol = np.maximum(atol, 1e-9)
     for hint in hints:
-        if matches(received, hint.expected_if_buggy, max(atol, 1e-9), max(rtol, 1e-6)):
+        expected = _asarray(hint.expected_if_buggy, dtype=np.float64)
+        if expected.shape != received.shape:
+            continue
+        if matches(received, expected, np.broadcast_to(atol, expected.shape), max(rtol, 1e-6)):
             return f"\nHint: {hint.message}"
     return ""
 
@@ -234,3 +264,162 @@ def channel_shape(ndim, channels):
 
 def reduce_axes(ndim):
     return (0,) + tuple(range(2, ndim))
+
+
+# ----------------------------------------------------------------------------------------------
+# One shape for every exercise
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One graded exercise: its cases, how one case is checked, and the two checks built from them.
+
+    - ``name``: the learner's function (or class) as the lesson names it. It names the learner's
+      object in messages and keys the grading seed (``grading_seed(name)``), so it must not change
+      once a course has been graded.
+    - ``public_cases()``: the visible cases, a list of ``Case``. They must show every kind of input
+      the hidden cases use (``tests/checks/test_exercises.py`` checks it with ``properties``).
+    - ``randomized_cases(seed)``: the hidden cases for one seed, a list of ``Case``; their
+      descriptions say what the case is, and the check prefixes "randomized case i of seed S".
+    - ``check_case(fn, case)``: runs the learner's ``fn`` on one case and compares (expected value,
+      tolerance and hints live there); raises ``AssertionError`` with the message.
+    - ``extra_checks``: functions ``fn -> None`` run after the public cases (a gradient check,
+      invariants, error handling), not part of the hidden set.
+    - ``require``: validates the learner's object before anything runs (default: callable).
+    - ``summary``: one line for the docstrings: what the learner's function does.
+
+    ``checks()`` returns ``(check_X, check_X_randomized)``: plain functions with docstrings whose
+    parameter is named after the learner's function, run inside one ``quiet()`` scope each.
+    """
+
+    name: str
+    public_cases: object
+    randomized_cases: object
+    check_case: object
+    summary: str = ""
+    extra_checks: tuple = ()
+    require: object = None
+
+    def _require(self, fn):
+        if self.require is not None:
+            self.require(fn)
+        else:
+            require_callable(fn, self.name)
+
+    def hidden_cases(self, seed):
+        """The randomized cases for ``seed``, each description naming the case and the seed."""
+        cases = []
+        for i, case in enumerate(self.randomized_cases(seed)):
+            cases.append(Case(f"randomized case {i} of seed {seed}: {case.description}",
+                              case.arrays, case.params))
+        return cases
+
+    def check(self, fn):
+        """Run ``fn`` on every public case, then the extra checks. Returns None."""
+        self._require(fn)
+        with quiet():
+            for case in self.public_cases():
+                self.check_case(fn, case)
+            for extra in self.extra_checks:
+                extra(fn)
+
+    def check_randomized(self, fn, seed=None):
+        """Run ``fn`` on the hidden cases of ``seed`` (default: the grading seed). Returns None."""
+        self._require(fn)
+        seed = grading_seed(self.name) if seed is None else int(seed)
+        with quiet():
+            for case in self.hidden_cases(seed):
+                self.check_case(fn, case)
+
+    def checks(self, check_name=None, module=None):
+        """``(check_X, check_X_randomized)`` for this exercise, X = ``check_name or name``."""
+        import inspect
+
+        check_name = check_name or f"check_{self.name}"
+        param = self.name if self.name.isidentifier() else "fn"
+        ex = self
+
+        def check(fn):
+            ex.check(fn)
+
+        def check_randomized(fn, seed=None):
+            ex.check_randomized(fn, seed)
+
+        what = f" ({self.summary})" if self.summary else ""
+        check.__doc__ = (
+            f"Check the learner's ``{self.name}``{what} on the public cases"
+            + (" and the extra checks (" + ", ".join(
+                (e.__doc__ or e.__name__).strip().splitlines()[0].rstrip(".")
+                for e in self.extra_checks) + ")" if self.extra_checks else "")
+            + ".\n\nReturns None; raises AssertionError naming the case, the quantity, the worst "
+            "index, expected vs received and the tolerance.")
+        check_randomized.__doc__ = (
+            f"``{check_name}`` on randomized hidden cases: the lesson's hidden test.\n\n"
+            f"``seed=None`` derives the seed from the grading secret and the student "
+            f"(``grading_seed({self.name!r})``); every failure names the case and the seed, so "
+            f"``{check_name}_randomized({param}, seed=S)`` reproduces it. Returns None.")
+        for f, suffix in ((check, ""), (check_randomized, "_randomized")):
+            f.__name__ = f.__qualname__ = check_name + suffix
+            if module:
+                f.__module__ = module
+            sig = inspect.signature(f)
+            params = list(sig.parameters.values())
+            params[0] = params[0].replace(name=param)
+            f.__signature__ = sig.replace(parameters=params)
+            f.exercise = self
+        return check, check_randomized
+
+
+def properties(case):
+    """The kinds of input a case exercises, as short labels (for "public covers hidden").
+
+    Looks at every array in ``case.arrays`` (and at arrays inside lists, e.g. a list of batches):
+    its dtype, its rank, whether it is a non-contiguous view, whether a channel (axis 1) has a
+    single value (m = 1) or the batch a single example (N = 1), and whether there is one channel.
+    Scalar parameters named ``eps`` add whether eps is large (>= 0.1, where its placement shows).
+    """
+    labels = set()
+
+    def arrays(value):
+        if isinstance(value, _ndarray) or _is_tensor(value):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from arrays(v)
+
+    for key, value in case.arrays.items():
+        for a in arrays(value):
+            if _is_tensor(a):
+                if not a.dtype.is_floating_point:
+                    continue
+                labels.add(f"{key}: {str(a.dtype).replace('torch.', '')}")
+                contiguous = a.is_contiguous()
+            else:
+                if a.dtype.kind != "f":
+                    continue
+                labels.add(f"{key}: {a.dtype.name}")
+                contiguous = a.flags.c_contiguous
+            labels.add(f"{key}: rank {a.ndim}")
+            if not contiguous:
+                labels.add(f"{key}: non-contiguous")
+            if a.ndim >= 2 and key in _BATCH_KEYS:
+                if a.shape[0] == 1:
+                    labels.add(f"{key}: N = 1")
+                size = int(np.prod(a.shape))
+                if size and size // a.shape[1] == 1:
+                    labels.add(f"{key}: m = 1 value per channel")
+                if a.shape[1] == 1:
+                    labels.add(f"{key}: one channel")
+    eps = case.params.get("eps") if isinstance(case.params, dict) else None
+    if isinstance(eps, (int, float)) and eps >= 0.1:
+        labels.add("eps >= 0.1")
+    return labels
+
+
+def _is_tensor(value):
+    """A torch tensor, recognised without importing torch (NumPy lessons never load it)."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "is_contiguous")
+
+
+# Arrays laid out (N, C, *spatial), for which N = 1, m = 1 and C = 1 are edge cases.
+_BATCH_KEYS = {"x", "dout", "batches"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minibn.checks._core import Case, Hint, assert_close, fmt, grading_seed, quiet, require_callable
+from minibn.checks._core import Case, Exercise, Hint, assert_close, fmt, require_callable
 
 __all__ = [
     "check_batchnorm_function",
@@ -71,6 +71,8 @@ def _function_cases():
                        (1, 2, 4, 4), seed=3),
         _function_case("x of shape (8, 3, 2, 2), float32", (8, 3, 2, 2), "float32", seed=4),
         _function_case("x of shape (3, 2, 3, 3), eps 0.5 (large)", (3, 2, 3, 3), eps=0.5, seed=5),
+        _function_case("x of shape (2, 1, 3, 2), float64: one channel, mean -8", (2, 1, 3, 2),
+                       seed=6, loc=-8.0),
     ]
 
 
@@ -163,15 +165,6 @@ def _gradcheck(fn):
                              "backward disagrees with finite differences of your forward.")
 
 
-def check_batchnorm_function(BatchNormFunction):
-    """Check a ``torch.autograd.Function`` for training-mode spatial BN against torch."""
-    _require_function(BatchNormFunction)
-    with quiet():
-        for case in _function_cases():
-            _check_function_case(BatchNormFunction, case)
-        _gradcheck(BatchNormFunction)
-
-
 def _require_function(fn):
     torch = _torch()
     if not (isinstance(fn, type) and issubclass(fn, torch.autograd.Function)):
@@ -179,22 +172,32 @@ def _require_function(fn):
                              f"got {fn!r}")
 
 
-def check_batchnorm_function_randomized(BatchNormFunction, seed=None):
-    """Hidden cases: random shapes, dtypes, layouts and eps (seeded by the grading secret)."""
-    _require_function(BatchNormFunction)
-    seed = grading_seed("BatchNormFunction") if seed is None else seed
+def _function_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(4):
-            shape = tuple(int(v) for v in (rng.integers(1, 5), rng.integers(1, 5),
-                                           rng.integers(2, 5), rng.integers(2, 5)))
-            dtype = "float32" if i == 3 else "float64"
-            eps = float(rng.choice([1e-5, 1e-3, 0.1]))
-            cl = bool(rng.integers(0, 2))
-            desc = (f"randomized case {i} of seed {seed}: x of shape {shape}, {dtype}, eps {eps:g}"
-                    f"{', channels_last' if cl else ''}")
-            _check_function_case(BatchNormFunction, _function_case(
-                desc, shape, dtype, eps, cl, int(rng.integers(2**31)), float(rng.normal(0, 5))))
+    cases = []
+    for i in range(4):
+        shape = tuple(int(v) for v in (rng.integers(1, 5), rng.integers(1, 5),
+                                       rng.integers(2, 5), rng.integers(2, 5)))
+        dtype = "float32" if i == 3 else "float64"
+        eps = float(rng.choice([1e-5, 1e-3, 0.1]))
+        cl = bool(rng.integers(0, 2))
+        desc = f"x of shape {shape}, {dtype}, eps {eps:g}{', channels_last' if cl else ''}"
+        cases.append(_function_case(desc, shape, dtype, eps, cl, int(rng.integers(2**31)),
+                                    float(rng.normal(0, 5))))
+    return cases
+
+
+def _gradcheck_extra(BatchNormFunction):
+    """torch.autograd.gradcheck in float64"""
+    _gradcheck(BatchNormFunction)
+
+
+FUNCTION = Exercise("BatchNormFunction", _function_cases, _function_randomized,
+                    _check_function_case, summary="a torch.autograd.Function for training-mode "
+                    "spatial BN: output and gradients against torch", require=_require_function,
+                    extra_checks=(_gradcheck_extra,))
+check_batchnorm_function, check_batchnorm_function_randomized = FUNCTION.checks(
+    "check_batchnorm_function", module=__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,9 +225,15 @@ def _check_structure(mod, ref, case):
             f"BatchNorm2d's buffers are {buffers}, expected ['num_batches_tracked', "
             "'running_mean', 'running_var']: register them with self.register_buffer so they are "
             "saved in state_dict and move with .to(device), but are not trained")
-    if list(mod.state_dict().keys()) != list(ref.state_dict().keys()):
-        raise AssertionError(f"state_dict keys {list(mod.state_dict())} differ from "
-                             f"torch.nn.BatchNorm2d's {list(ref.state_dict())}")
+    got_keys, want_keys = list(mod.state_dict().keys()), list(ref.state_dict().keys())
+    if got_keys != want_keys:
+        order = ""
+        if sorted(got_keys) == sorted(want_keys):
+            order = ("\nHint: the same keys in another order. A state_dict lists tensors in the "
+                     "order they were created: create weight and bias first, then register "
+                     "running_mean, running_var and num_batches_tracked, in that order.")
+        raise AssertionError(f"state_dict keys {got_keys} differ from torch.nn.BatchNorm2d's "
+                             f"{want_keys} ({case.description}){order}")
     nbt = mod.num_batches_tracked
     if nbt.dtype != _torch().long or nbt.shape != ():
         raise AssertionError("num_batches_tracked must be a 0-dim torch.long tensor, got "
@@ -365,35 +374,41 @@ def _module_case(desc, c, n, h, momentum=0.1, channels_last=False, seed=0, loc=1
                               "channels_last": channels_last, "loc": loc})
 
 
-def check_batchnorm_module(BatchNorm2d):
-    """Check a ``BatchNorm2d`` module against ``torch.nn.BatchNorm2d``: structure and
-    ``state_dict``, outputs/gradients/buffers over 3 training steps, eval mode (also on one
-    1x1 image), loading both ways, and the input errors."""
-    require_callable(BatchNorm2d, "BatchNorm2d")
-    with quiet():
-        for case in [
-            _module_case("BatchNorm2d(3), batches of shape (4, 3, 5, 5)", 3, 4, 5, seed=1),
-            _module_case("BatchNorm2d(4, momentum=0.3), batches (2, 4, 3, 3), channels_last",
-                         4, 2, 3, momentum=0.3, channels_last=True, seed=2),
-            _module_case("BatchNorm2d(2), batches (1, 2, 3, 3): N = 1, m = 9", 2, 1, 3, seed=3),
-        ]:
-            _check_module_case(BatchNorm2d, case)
-        _check_errors(BatchNorm2d)
+def _module_public():
+    return [
+        _module_case("BatchNorm2d(3), batches of shape (4, 3, 5, 5)", 3, 4, 5, seed=1),
+        _module_case("BatchNorm2d(4, momentum=0.3), batches (2, 4, 3, 3), channels_last",
+                     4, 2, 3, momentum=0.3, channels_last=True, seed=2),
+        _module_case("BatchNorm2d(2), batches (1, 2, 3, 3): N = 1, m = 9", 2, 1, 3, seed=3),
+    ]
 
 
-def check_batchnorm_module_randomized(BatchNorm2d, seed=None):
-    """Hidden cases: random channel counts, batch shapes, momenta and layouts."""
-    require_callable(BatchNorm2d, "BatchNorm2d")
-    seed = grading_seed("BatchNorm2d") if seed is None else seed
+def _module_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(3):
-            c, n, h = (int(v) for v in (rng.integers(1, 6), rng.integers(2, 6), rng.integers(1, 5)))
-            momentum = float(rng.choice([0.05, 0.1, 0.5, 0.9]))
-            cl = bool(rng.integers(0, 2))
-            desc = (f"randomized case {i} of seed {seed}: "
-                    f"BatchNorm2d({c}, momentum={fmt(momentum)}), batches ({n}, {c}, {h}, {h})"
-                    f"{', channels_last' if cl else ''}")
-            _check_module_case(BatchNorm2d, _module_case(desc, c, n, h, momentum, cl,
-                                                         int(rng.integers(2**31)),
-                                                         float(rng.normal(0, 3))))
+    cases = []
+    for _ in range(3):
+        c, n, h = (int(v) for v in (rng.integers(1, 6), rng.integers(2, 6), rng.integers(1, 5)))
+        momentum = float(rng.choice([0.05, 0.1, 0.5, 0.9]))
+        cl = bool(rng.integers(0, 2))
+        desc = (f"BatchNorm2d({c}, momentum={fmt(momentum)}), batches ({n}, {c}, {h}, {h})"
+                f"{', channels_last' if cl else ''}")
+        cases.append(_module_case(desc, c, n, h, momentum, cl, int(rng.integers(2**31)),
+                                  float(rng.normal(0, 3))))
+    return cases
+
+
+def _errors_extra(BatchNorm2d):
+    """the input errors torch raises"""
+    _check_errors(BatchNorm2d)
+
+
+MODULE = Exercise("BatchNorm2d", _module_public, _module_randomized, _check_module_case,
+                  summary="a module against torch.nn.BatchNorm2d: structure and state_dict (keys "
+                  "in torch's order), outputs, gradients and buffers over 3 training steps, eval "
+                  "mode (also on one 1x1 image), loading both ways",
+                  require=lambda cls: require_callable(cls, "BatchNorm2d"),
+                  extra_checks=(_errors_extra,))
+check_batchnorm_module, check_batchnorm_module_randomized = MODULE.checks(
+    "check_batchnorm_module", module=__name__)
+
+EXERCISES = (FUNCTION, MODULE)

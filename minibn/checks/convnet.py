@@ -15,7 +15,7 @@ import copy
 
 import numpy as np
 
-from minibn.checks._core import Case, Hint, assert_close, grading_seed, quiet, require_callable
+from minibn.checks._core import Case, Exercise, Hint, assert_close
 
 __all__ = [
     "check_conv_bn_relu",
@@ -86,23 +86,20 @@ def _check_block(fn, c_in, c_out, where):
                              "come last")
 
 
-def check_conv_bn_relu(conv_bn_relu):
-    """Check the block's layers, their order and settings, and its output shape."""
-    require_callable(conv_bn_relu, "conv_bn_relu")
-    with quiet():
-        for c_in, c_out in ((1, 8), (8, 16)):
-            _check_block(conv_bn_relu, c_in, c_out, f"conv_bn_relu({c_in}, {c_out})")
+def _block_case(c_in, c_out):
+    return Case(f"conv_bn_relu({c_in}, {c_out})", params={"c_in": c_in, "c_out": c_out})
 
 
-def check_conv_bn_relu_randomized(conv_bn_relu, seed=None):
-    require_callable(conv_bn_relu, "conv_bn_relu")
-    seed = grading_seed("conv_bn_relu") if seed is None else seed
+def _block_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(3):
-            c_in, c_out = int(rng.integers(1, 12)), int(rng.integers(1, 12))
-            _check_block(conv_bn_relu, c_in, c_out,
-                         f"randomized case {i} of seed {seed}: conv_bn_relu({c_in}, {c_out})")
+    return [_block_case(int(rng.integers(1, 12)), int(rng.integers(1, 12))) for _ in range(3)]
+
+
+BLOCK = Exercise("conv_bn_relu", lambda: [_block_case(1, 8), _block_case(8, 16)],
+                 _block_randomized,
+                 lambda fn, case: _check_block(fn, case["c_in"], case["c_out"], case.description),
+                 summary="the block's layers, their order and settings, and its output shape")
+check_conv_bn_relu, check_conv_bn_relu_randomized = BLOCK.checks(module=__name__)
 
 
 # ---- evaluate_accuracy ----------------------------------------------------------------------
@@ -176,25 +173,32 @@ def _check_eval_case(fn, case, batch_size):
                  hints=hints)
 
 
-def check_evaluate_accuracy(evaluate_accuracy):
-    """Check the accuracy, the eval mode, the untouched buffers and the restored mode."""
-    require_callable(evaluate_accuracy, "evaluate_accuracy")
-    with quiet():
-        for seed, n, k, bs in ((0, 64, 3, 16), (1, 50, 4, 7)):
-            _check_eval_case(evaluate_accuracy, _eval_case(
-                seed, n, k, f"BN classifier, {n} examples, {k} classes, batch_size {bs}"), bs)
+def _eval_case_with_batch(seed, n, k, bs, where):
+    case = _eval_case(seed, n, k, where)
+    return Case(case.description, case.arrays, {**case.params, "batch_size": bs})
 
 
-def check_evaluate_accuracy_randomized(evaluate_accuracy, seed=None):
-    require_callable(evaluate_accuracy, "evaluate_accuracy")
-    seed = grading_seed("evaluate_accuracy") if seed is None else seed
+def _eval_public():
+    return [_eval_case_with_batch(seed, n, k, bs, f"BN classifier, {n} examples, {k} classes, "
+                                  f"batch_size {bs}")
+            for seed, n, k, bs in ((0, 64, 3, 16), (1, 50, 4, 7))]
+
+
+def _eval_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(3):
-            n, k, bs = int(rng.integers(20, 90)), int(rng.integers(2, 6)), int(rng.integers(3, 40))
-            _check_eval_case(evaluate_accuracy, _eval_case(
-                int(rng.integers(0, 2**31)), n, k, f"randomized case {i} of seed {seed}: {n} "
-                f"examples, {k} classes, batch_size {bs}"), bs)
+    cases = []
+    for _ in range(3):
+        n, k, bs = int(rng.integers(20, 90)), int(rng.integers(2, 6)), int(rng.integers(3, 40))
+        cases.append(_eval_case_with_batch(int(rng.integers(0, 2**31)), n, k, bs,
+                                           f"{n} examples, {k} classes, batch_size {bs}"))
+    return cases
+
+
+EVALUATE = Exercise("evaluate_accuracy", _eval_public, _eval_randomized,
+                    lambda fn, case: _check_eval_case(fn, case, case["batch_size"]),
+                    summary="the accuracy, the eval mode, the untouched buffers and the restored "
+                    "mode")
+check_evaluate_accuracy, check_evaluate_accuracy_randomized = EVALUATE.checks(module=__name__)
 
 
 # ---- fold_conv_bn ---------------------------------------------------------------------------
@@ -271,25 +275,26 @@ def _check_fold_case(fn, case):
     assert_close("folded conv output", got, want, case, atol=1e-9, rtol=1e-9, hints=hints)
 
 
-def check_fold_conv_bn(fold_conv_bn):
-    """Check ``fold_conv_bn(conv, bn)(x) == bn(conv(x))`` in float64 (eval-mode BN)."""
-    require_callable(fold_conv_bn, "fold_conv_bn")
-    with quiet():
-        for seed, c_in, c_out, bias in ((0, 3, 3, True), (1, 2, 5, False), (2, 4, 4, False)):
-            _check_fold_case(fold_conv_bn, _fold_case(
-                seed, c_in, c_out, bias, f"conv {c_in}->{c_out} 3x3 {'with' if bias else 'without'}"
-                f" bias, BN eps 1e-3, float64"))
+def _fold_public():
+    return [_fold_case(seed, c_in, c_out, bias, f"conv {c_in}->{c_out} 3x3 "
+                       f"{'with' if bias else 'without'} bias, BN eps 1e-3, float64")
+            for seed, c_in, c_out, bias in ((0, 3, 3, True), (1, 2, 5, False), (2, 4, 4, False))]
 
 
-def check_fold_conv_bn_randomized(fold_conv_bn, seed=None):
-    require_callable(fold_conv_bn, "fold_conv_bn")
-    seed = grading_seed("fold_conv_bn") if seed is None else seed
+def _fold_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(3):
-            c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 7))
-            bias = bool(rng.integers(0, 2))
-            _check_fold_case(fold_conv_bn, _fold_case(
-                int(rng.integers(0, 2**31)), c_in, c_out, bias,
-                f"randomized case {i} of seed {seed}: conv {c_in}->{c_out}, "
-                f"{'with' if bias else 'without'} bias"))
+    cases = []
+    for _ in range(3):
+        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        bias = bool(rng.integers(0, 2))
+        cases.append(_fold_case(int(rng.integers(0, 2**31)), c_in, c_out, bias,
+                                f"conv {c_in}->{c_out}, {'with' if bias else 'without'} bias"))
+    return cases
+
+
+FOLD = Exercise("fold_conv_bn", _fold_public, _fold_randomized, _check_fold_case,
+                summary="fold_conv_bn(conv, bn)(x) == bn(conv(x)) in float64, eval-mode BN, "
+                "inputs untouched")
+check_fold_conv_bn, check_fold_conv_bn_randomized = FOLD.checks(module=__name__)
+
+EXERCISES = (BLOCK, EVALUATE, FOLD)

@@ -5,7 +5,7 @@ Learner functions checked here:
   ``(N, units)``, each unit's percentiles over the N examples (linear interpolation, as
   ``np.percentile``).
 - ``train_step(model, x, y, lr) -> float``: one step of plain SGD on a
-  ``minibn.experiments.common.MLP`` (training-mode forward, softmax cross-entropy, backward,
+  ``minibn.experiments.numpy_mlp.MLP`` (training-mode forward, softmax cross-entropy, backward,
   ``p -= lr * grad`` for every parameter); returns the loss before the update.
 """
 from __future__ import annotations
@@ -14,16 +14,8 @@ import copy
 
 import numpy as np
 
-from minibn.checks._core import (
-    Case,
-    Hint,
-    assert_close,
-    assert_unchanged,
-    grading_seed,
-    quiet,
-    require_callable,
-)
-from minibn.experiments.common import MLP, softmax_cross_entropy
+from minibn.checks._core import Case, Exercise, Hint, assert_close, assert_unchanged
+from minibn.experiments.numpy_mlp import MLP, softmax_cross_entropy
 
 __all__ = [
     "check_percentile_band",
@@ -86,29 +78,23 @@ def _check_band_case(fn, case):
                  hints=_band_hints(h, q))
 
 
-def check_percentile_band(percentile_band):
-    """Check ``percentile_band(h, q)`` against ``np.percentile(h, q, axis=0)`` on public cases."""
-    require_callable(percentile_band, "percentile_band")
-    with quiet():
-        for case in _band_public_cases():
-            _check_band_case(percentile_band, case)
-
-
-def check_percentile_band_randomized(percentile_band, seed=None):
-    """``check_percentile_band`` on randomized shapes, scales and percentiles."""
-    require_callable(percentile_band, "percentile_band")
-    seed = grading_seed("percentile_band") if seed is None else seed
+def _band_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(5):
-            n, units = int(rng.integers(3, 60)), int(rng.integers(1, 9))
-            if n == units:
-                n += 1
-            q = tuple(sorted(int(v) for v in rng.choice(np.arange(1, 100), int(rng.integers(1, 4)),
-                                                         replace=False)))
-            h = rng.normal(rng.normal(0, 3), 10 ** rng.uniform(-1, 1), (n, units))
-            _check_band_case(percentile_band, _band_case(
-                f"randomized case {i} of seed {seed}: h of shape {h.shape}, q={q}", h, q))
+    cases = []
+    for _ in range(5):
+        n, units = int(rng.integers(3, 60)), int(rng.integers(1, 9))
+        if n == units:
+            n += 1
+        q = tuple(sorted(int(v) for v in rng.choice(np.arange(1, 100), int(rng.integers(1, 4)),
+                                                     replace=False)))
+        h = rng.normal(rng.normal(0, 3), 10 ** rng.uniform(-1, 1), (n, units))
+        cases.append(_band_case(f"h of shape {h.shape}, float64, q={q}", h, q))
+    return cases
+
+
+BAND = Exercise("percentile_band", _band_public_cases, _band_randomized, _check_band_case,
+                summary="each unit's percentiles over the examples, as np.percentile(h, q, axis=0)")
+check_percentile_band, check_percentile_band_randomized = BAND.checks(module=__name__)
 
 
 # ---- one SGD step with BN -------------------------------------------------------------------
@@ -186,30 +172,23 @@ def _check_step_case(fn, case):
                                                    "before the update, not after it.")])
 
 
-def check_train_step(train_step):
-    """Check ``train_step(model, x, y, lr) -> loss`` against a reference step on copies of a model.
-
-    Every parameter after the step, and the returned loss, must match the reference.
-    """
-    require_callable(train_step, "train_step")
-    with quiet():
-        for case in _step_public_cases():
-            _check_step_case(train_step, case)
-
-
-def check_train_step_randomized(train_step, seed=None):
-    """``check_train_step`` on randomized architectures, batch sizes and learning rates."""
-    require_callable(train_step, "train_step")
-    seed = grading_seed("train_step") if seed is None else seed
+def _step_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(3):
-            depth = int(rng.integers(1, 4))
-            sizes = [int(rng.integers(2, 9)) for _ in range(depth + 1)] + [int(rng.integers(2, 5))]
-            act = str(rng.choice(["sigmoid", "relu"]))
-            bn = bool(rng.integers(0, 2)) or i == 0
-            n, lr = int(rng.integers(4, 20)), float(10 ** rng.uniform(-2, 0.3))
-            _check_step_case(train_step, _step_case(
-                f"randomized case {i} of seed {seed}: MLP {sizes}, {act}, "
-                f"{'with' if bn else 'no'} BN, batch {n}, lr {lr:.3g}",
-                sizes, act, bn, n, lr, int(rng.integers(0, 2**31))))
+    cases = []
+    for i in range(3):
+        depth = int(rng.integers(1, 4))
+        sizes = [int(rng.integers(2, 9)) for _ in range(depth + 1)] + [int(rng.integers(2, 5))]
+        act = str(rng.choice(["sigmoid", "relu"]))
+        bn = bool(rng.integers(0, 2)) or i == 0
+        n, lr = int(rng.integers(4, 20)), float(10 ** rng.uniform(-2, 0.3))
+        cases.append(_step_case(f"MLP {sizes}, {act}, {'with' if bn else 'no'} BN, batch {n}, "
+                                f"lr {lr:.3g}", sizes, act, bn, n, lr, int(rng.integers(0, 2**31))))
+    return cases
+
+
+STEP = Exercise("train_step", _step_public_cases, _step_randomized, _check_step_case,
+                summary="one plain SGD step on a minibn MLP, every parameter and the returned "
+                "loss against a reference step on a copy")
+check_train_step, check_train_step_randomized = STEP.checks(module=__name__)
+
+EXERCISES = (BAND, STEP)

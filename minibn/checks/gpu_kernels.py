@@ -4,11 +4,16 @@ Each learner function returns a kernel's CUDA C source as a string (it may
 ``#include "welford.cuh"``). A check compiles it, launches it on generated NCHW float32 cases and
 compares what it wrote with float64 NumPy:
 
-- with no GPU it runs through ``minibn.cuda.executor`` (g++ and the fiber shim), twice, with the
-  threads in forward and in reverse order: a correct kernel writes the same bits both times, a
-  kernel missing a ``__syncthreads()`` usually does not;
+- with no GPU it runs through ``minibn.cuda.executor`` (g++ and the fiber shim) with its
+  sanitizer on, twice, with the threads in forward and in reverse order. The sanitizer names a
+  race, an out-of-bounds or uninitialized access, or a misused barrier or shuffle (kernel,
+  thread, array and index, line, what to change); a kernel whose answer depends on the order has
+  a race the comparison shows even when the sanitizer cannot. Inputs are copied into device-like
+  arrays (aligned, red zones around them) and outputs start uninitialized (NaN, and tracked: a
+  kernel reading an output before writing it is told so);
 - with a GPU (``cupy.is_available()``) it runs once through CuPy, unless
-  ``MINIBN_KERNEL_DEVICE=cpu`` asks for the CPU executor anyway.
+  ``MINIBN_KERNEL_DEVICE=cpu`` asks for the CPU executor anyway. The race-fixing exercise always
+  runs on the CPU: only there can a race be seen for certain.
 
 Kernels and the launches the checks make (the lesson states them too):
 - ``bn_stats_k0(x, mean, var, N, C, HW)``: grid ``ceil(C / 32)``, block 32, one thread per channel;
@@ -17,6 +22,8 @@ Kernels and the launches the checks make (the lesson states them too):
 - ``bn_stats_k2(x, mean, var, N, C, HW)``: grid ``C``, block 64 or 96 (a multiple of 32);
 - ``bn_stats_k3_finalize(partial, mean, var, C, S)``: grid ``ceil(C / 32)``, block 32; ``partial``
   holds ``C * S`` summaries ``(n, mean, M2)``, channel-major, some possibly empty (``n = 0``);
+- ``channel_sums(x, sums, N, C, HW)``: grid ``(S, C)`` (S blocks per channel), block 64, then 48
+  (a partial last warp); ``sums`` starts at zero, and each channel's blocks add their totals to it;
 - ``bn_bwd_elemt(dy, x, mean, invstd, gamma, dgamma, dbeta, dx, N, C, HW)``: grid
   ``(ceil(HW / 64), N * C)``, block 64: one grid row per (n, c) row of the tensor.
 ``mean``/``var`` are per channel, biased (divide by ``m = N * HW``).
@@ -48,6 +55,8 @@ __all__ = [
     "check_grid_finalize_randomized",
     "check_backward_elementwise",
     "check_backward_elementwise_randomized",
+    "check_channel_sums",
+    "check_channel_sums_randomized",
 ]
 
 _ORDERS = ("forward", "reverse")
@@ -78,23 +87,35 @@ def _source(fn, fn_name, kernel):
 
 def _on_gpu():
     """Grade on the GPU when there is one, unless ``MINIBN_KERNEL_DEVICE=cpu`` asks for the CPU
-    executor (stricter: two schedules, divergent barriers and deadlocks reported by name)."""
+    executor (stricter: the sanitizer, two schedules, divergent barriers and deadlocks by name)."""
     from minibn.cuda.runtime import gpu_available
 
     return os.environ.get("MINIBN_KERNEL_DEVICE", "").lower() != "cpu" and gpu_available()
 
 
-def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0):
-    """Launch once per schedule (CPU) or once (GPU); return the arrays the kernel writes.
+def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0, *, cpu_only=False,
+            same_bits=True, zeroed=()):
+    """Launch once per schedule (CPU, sanitized) or once (GPU); return the arrays the kernel writes.
 
-    ``outputs`` maps the index of each written argument to its name. Outputs start as NaN, so an
-    element the kernel never writes shows up as NaN."""
+    ``outputs`` maps the index of each written argument to its name. Outputs start uninitialized
+    (NaN; on the CPU the sanitizer also reports a read before the kernel's first write), except
+    those in ``zeroed``, which start at 0. ``same_bits=False`` skips the comparison of the two
+    schedules, for kernels whose float atomics legitimately add in a different order."""
+    from minibn.cuda import cpu_memory
     from minibn.cuda.executor import CompileError, KernelError, schedule
     from minibn.cuda.runtime import runtime_for
+    from minibn.cuda.sanitizer import SanitizerError
 
+    gpu = _on_gpu() and not cpu_only
     runs = []
-    for order in (("gpu",) if _on_gpu() else _ORDERS):
-        fresh = [np.full_like(a, np.nan) if i in outputs else a for i, a in enumerate(args)]
+    for order in (("gpu",) if gpu else _ORDERS):
+        if order == "gpu":
+            fresh = [(np.zeros_like(a) if i in zeroed else np.full_like(a, np.nan)) if i in outputs else a
+                     for i, a in enumerate(args)]
+        else:
+            fresh = [(cpu_memory.zeros(a.shape, a.dtype) if i in zeroed else cpu_memory.empty_like(a))
+                     if i in outputs else (cpu_memory.to_device(a) if isinstance(a, np.ndarray) else a)
+                     for i, a in enumerate(args)]
         try:
             if order == "gpu":
                 import cupy
@@ -106,17 +127,20 @@ def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0):
                 continue
             with schedule(order):
                 runtime_for(fresh[0]).compile(code, "your_kernel.cu").get_function(kernel)(
-                    grid, block, tuple(fresh), shared_mem=shared_mem)
+                    grid, block, tuple(fresh), shared_mem=shared_mem, sanitize=True)
         except CompileError as err:
             raise AssertionError(str(err)) from None
+        except SanitizerError as err:
+            raise AssertionError(f"{kernel} failed ({case.description}, block {_dims_text(block)}): {err}"
+                                 f"{_sanitizer_hint(err)}") from None
         except KernelError as err:
             raise AssertionError(f"{kernel} failed ({case.description}): {err}"
                                  f"{_launch_hint(str(err))}") from None
         except Exception as err:  # CuPy's compile and launch errors
             raise AssertionError(f"{kernel} failed on the GPU ({case.description}): "
                                  f"{type(err).__name__}: {err}") from None
-        runs.append([fresh[i] for i in outputs])
-    if len(runs) == 2:
+        runs.append([np.array(fresh[i]) for i in outputs])
+    if len(runs) == 2 and same_bits:
         for name, a, b in zip(outputs.values(), *runs):
             if not np.array_equal(a, b, equal_nan=True):
                 raise AssertionError(
@@ -130,8 +154,35 @@ def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0):
     return runs[0]
 
 
+def _dims_text(block):
+    dims = (block,) if isinstance(block, int) else tuple(block)
+    return "x".join(str(d) for d in dims)
+
+
 def _first(a):
     return np.array2string(np.asarray(a).reshape(-1)[:4], precision=5)
+
+
+def _sanitizer_hint(err):
+    """What the sanitizer's class means for a lesson-06 kernel (its message already says where)."""
+    specific = _launch_hint(str(err)) if err.tool == "synccheck" else ""
+    if specific:
+        return specific
+    return {
+        "racecheck": ("\nHint (racecheck): two threads touch the same word and nothing orders them. "
+                      "Inside a block, a __syncthreads() between a write and another thread's read "
+                      "orders them; between blocks nothing does, so combine blocks' results with "
+                      "atomicAdd or through per-block partials."),
+        "memcheck": ("\nHint (memcheck): an index went past an array. Check loop bounds (`<` vs `<=`), "
+                     "the `i < HW` guard, and that dynamic shared memory is indexed within what the "
+                     "launch gives."),
+        "initcheck": ("\nHint (initcheck): the kernel read memory nothing wrote: shared memory starts "
+                      "as garbage in every block, and the outputs start uninitialized. Write a slot "
+                      "before any thread reads it (threads with nothing to contribute write 0)."),
+        "synccheck": ("\nHint (synccheck): every thread of a block must meet at the same __syncthreads(), "
+                      "and a shuffle's mask must name only lanes that exist and call it (a block of 48 "
+                      "threads has a last warp of 16 lanes; __activemask() gives them)."),
+    }.get(err.tool, "")
 
 
 def _launch_hint(message):
@@ -388,6 +439,90 @@ def check_grid_finalize_randomized(fn, seed=None):
                                     shape, splits, float(rng.choice([0.0, 3.0, -20.0])),
                                     int(rng.integers(2**31))))
     _check_finalize(fn, cases)
+
+
+# ---- fixing a racy kernel: per-channel sums over a grid split ---------------------------------
+
+# The kernel the lesson hands out, with three bugs the sanitizer names one at a time.
+RACY_CHANNEL_SUMS = r"""
+extern "C" __global__ void channel_sums(const float* __restrict__ x, float* __restrict__ sums,
+                                        int N, int C, int HW) {
+    __shared__ float warp_sums[32];
+    int s = blockIdx.x, S = gridDim.x, c = blockIdx.y;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    long long m = (long long)N * HW;
+    float v = 0.0f;
+    for (long long j = (long long)s * blockDim.x + threadIdx.x; j < m; j += (long long)S * blockDim.x) {
+        long long n = j / HW;
+        v += x[(n * C + c) * HW + (j - n * HW)];
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) warp_sums[warp] = v;
+    if (threadIdx.x == 0) {
+        float total = 0.0f;
+        for (int w = 0; w < (blockDim.x + 31) / 32; ++w) total += warp_sums[w];
+        sums[c] += total;
+    }
+}
+"""
+
+
+def _sums_case(description, shape, splits, seed):
+    case = _stats_case(description, shape, 0.5, seed)
+    case.params["S"] = splits
+    return case
+
+
+def _sums_cases():
+    return [
+        _sums_case("x of shape (2, 3, 5, 7) in 3 blocks per channel", (2, 3, 5, 7), 3, 31),
+        _sums_case("x of shape (4, 2, 6, 6) in 5 blocks per channel", (4, 2, 6, 6), 5, 32),
+        _sums_case("x of shape (3, 1, 4, 4) in 1 block per channel", (3, 1, 4, 4), 1, 33),
+    ]
+
+
+def _check_sums(fn, cases):
+    code = _source(fn, "channel_sums_source", "channel_sums")
+    for block in (64, 48):
+        for case in cases:
+            x = case["x"]
+            N, C, HW = _dims(x)
+            args = (x, np.zeros(C, np.float32), np.int32(N), np.int32(C), np.int32(HW))
+            # Race-free answers may add floats atomically in any order: compare with a tolerance,
+            # not bit for bit across the two schedules.
+            (sums,) = _launch(code, "channel_sums", (case["S"], C), (block,), args, {1: "sums"}, case,
+                              cpu_only=True, same_bits=False, zeroed=(1,))
+            values = _pooled(x.astype(np.float64), "nchw")
+            want = values.sum(axis=1)
+            hints = [Hint(want / case["S"], "only one block's total reached each channel's sum: every "
+                          "block must add its total (atomicAdd(&sums[c], total)).")]
+            if not np.isfinite(sums).all():
+                raise AssertionError(
+                    f"sums contains NaN ({case.description}, block {block}). Hint: a lane added a value "
+                    "it shuffled from a lane that does not exist (in a block of 48 threads the last warp "
+                    "has 16 lanes, and a value read from outside the mask is undefined): add the "
+                    "shuffled value only when lane + offset is below the warp's lane count.")
+            with quiet():
+                assert_close("sums", sums, want, case, atol=1e-5 * np.sqrt(values.shape[1]) * 4,
+                             rtol=1e-5, hints=hints,
+                             note=f"launched with grid ({case['S']}, {C}) and block {block}")
+
+
+def check_channel_sums(fn):
+    """``fn()`` returns the source of ``channel_sums``, fixed: per-channel sums, no race."""
+    _check_sums(fn, _sums_cases())
+
+
+def check_channel_sums_randomized(fn, seed=None):
+    rng = np.random.default_rng(grading_seed("channel_sums") if seed is None else seed)
+    cases = []
+    for k in range(2):
+        shape = (int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(1, 7)),
+                 int(rng.integers(2, 7)))
+        splits = int(rng.integers(1, 6))
+        cases.append(_sums_case(f"randomized case {k}: x of shape {shape} in {splits} blocks per channel",
+                                shape, splits, int(rng.integers(2**31))))
+    _check_sums(fn, cases)
 
 
 # ---- backward elementwise kernel --------------------------------------------------------------

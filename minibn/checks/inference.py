@@ -18,13 +18,11 @@ import numpy as np
 from minibn import functional as ref
 from minibn.checks._core import (
     Case,
+    Exercise,
     Hint,
     assert_close,
     assert_unchanged,
-    grading_seed,
-    quiet,
     reduce_axes,
-    require_callable,
     unpack,
 )
 
@@ -62,7 +60,8 @@ def _running_cases(rng):
                                           ((4, 2, 3, 3), np.float64, 0.3, 3),
                                           ((2, 4, 5), np.float32, 0.1, 2),
                                           ((5, 3), np.float64, 1.0, 1),
-                                          ((3, 2, 2, 2), np.float64, 0.0, 1)]:
+                                          ((3, 2, 2, 2), np.float64, 0.0, 1),
+                                          ((4, 1, 3), np.float64, 0.5, 2)]:
         batches = [rng.normal(rng.normal(0, 3), rng.uniform(0.5, 3), shape).astype(dtype)
                    for _ in range(steps)]
         c = shape[1]
@@ -121,33 +120,26 @@ def _check_running_case(fn, case):
     ])
 
 
-def check_update_running_stats(update_running_stats):
-    """Check ``update_running_stats(running_mean, running_var, x, momentum)`` against torch's
-    convention over several steps, dtypes and momenta. Returns None."""
-    require_callable(update_running_stats, "update_running_stats")
-    with quiet():
-        for case in _running_cases(np.random.default_rng(3)):
-            _check_running_case(update_running_stats, case)
-
-
-def check_update_running_stats_randomized(update_running_stats, seed=None):
-    """Hidden cases: random shapes, momenta and step counts (seeded by the grading secret)."""
-    require_callable(update_running_stats, "update_running_stats")
-    seed = grading_seed("update_running_stats") if seed is None else seed
+def _running_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(4):
-            ndim = int(rng.integers(2, 5))
-            shape = (int(rng.integers(2, 6)), int(rng.integers(1, 5))) + tuple(
-                int(s) for s in rng.integers(1, 4, ndim - 2))
-            momentum = float(rng.choice([0.01, 0.1, 0.5, 0.9]))
-            steps = int(rng.integers(1, 4))
-            batches = [rng.normal(rng.normal(0, 5), rng.uniform(0.1, 4), shape)
-                       for _ in range(steps)]
-            desc = (f"randomized case {i} of seed {seed}: {steps} batch(es) of shape {shape}, "
-                    f"momentum {momentum}")
-            _check_running_case(update_running_stats, Case(desc, {"batches": batches},
-                                                           {"momentum": momentum, "c": shape[1]}))
+    cases = []
+    for _ in range(4):
+        ndim = int(rng.integers(2, 5))
+        shape = (int(rng.integers(2, 6)), int(rng.integers(1, 5))) + tuple(
+            int(s) for s in rng.integers(1, 4, ndim - 2))
+        momentum = float(rng.choice([0.01, 0.1, 0.5, 0.9]))
+        steps = int(rng.integers(1, 4))
+        batches = [rng.normal(rng.normal(0, 5), rng.uniform(0.1, 4), shape) for _ in range(steps)]
+        desc = f"{steps} batch(es) of shape {shape}, float64, momentum {momentum}"
+        cases.append(Case(desc, {"batches": batches}, {"momentum": momentum, "c": shape[1]}))
+    return cases
+
+
+RUNNING = Exercise("update_running_stats", lambda: _running_cases(np.random.default_rng(3)),
+                   _running_randomized, _check_running_case,
+                   summary="torch's running-statistics update, in place, over several steps, "
+                   "dtypes and momenta")
+check_update_running_stats, check_update_running_stats_randomized = RUNNING.checks(module=__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,6 +166,7 @@ def _inference_cases(rng):
                         (1, 3)),
         _inference_case(rng, "x of shape (5, 2, 3), float32", (5, 2, 3), np.float32),
         _inference_case(rng, "x of shape (4, 3), eps 0.5 (large)", (4, 3), eps=0.5),
+        _inference_case(rng, "x of shape (3, 1, 2, 2), float64: one channel", (3, 1, 2, 2)),
     ]
 
 
@@ -205,29 +198,24 @@ def _check_inference_case(fn, case):
     assert_close("out", out, expected, case, atol=atol, rtol=rtol, dtype=a["x"].dtype, hints=hints)
 
 
-def check_batchnorm_inference(batchnorm_inference):
-    """Check ``batchnorm_inference(x, mean, var, gamma, beta, eps)``. Returns None."""
-    require_callable(batchnorm_inference, "batchnorm_inference")
-    with quiet():
-        for case in _inference_cases(np.random.default_rng(5)):
-            _check_inference_case(batchnorm_inference, case)
-
-
-def check_batchnorm_inference_randomized(batchnorm_inference, seed=None):
-    """Hidden cases: random shapes, dtypes and eps."""
-    require_callable(batchnorm_inference, "batchnorm_inference")
-    seed = grading_seed("batchnorm_inference") if seed is None else seed
+def _inference_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(4):
-            ndim = int(rng.integers(2, 5))
-            shape = (int(rng.integers(1, 6)), int(rng.integers(1, 5))) + tuple(
-                int(s) for s in rng.integers(1, 4, ndim - 2))
-            dtype = np.float32 if i == 3 else np.float64
-            eps = float(rng.choice([1e-5, 1e-3, 0.1]))
-            desc = f"randomized case {i} of seed {seed}: x of shape {shape}, eps {eps:g}"
-            case = _inference_case(rng, desc, shape, dtype, eps)
-            _check_inference_case(batchnorm_inference, case)
+    cases = []
+    for i in range(4):
+        ndim = int(rng.integers(2, 5))
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 5))) + tuple(
+            int(s) for s in rng.integers(1, 4, ndim - 2))
+        dtype = np.float32 if i == 3 else np.float64
+        eps = float(rng.choice([1e-5, 1e-3, 0.1]))
+        desc = f"x of shape {shape}, {np.dtype(dtype).name}, eps {eps:g}"
+        cases.append(_inference_case(rng, desc, shape, dtype, eps))
+    return cases
+
+
+INFERENCE = Exercise("batchnorm_inference", lambda: _inference_cases(np.random.default_rng(5)),
+                     _inference_randomized, _check_inference_case,
+                     summary="inference-mode BN with given statistics, dtype kept")
+check_batchnorm_inference, check_batchnorm_inference_randomized = INFERENCE.checks(module=__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,6 +236,11 @@ def _population_cases(rng):
              {"batches": batches([4] * 3, 2, loc=1.0, drift=5.0)}),
         Case("a single batch of shape (6, 4), float32",
              {"batches": [rng.normal(2, 1, (6, 4)).astype(np.float32)]}),
+        Case("batches of sizes 1, 5 and 1, shape (n, 2): two batches hold a single value per "
+             "channel (m = 1), whose variance alone is undefined (ddof=1 gives NaN)",
+             {"batches": batches([1, 5, 1], 2, loc=-1.0)}),
+        Case("batches of sizes 3 and 2, shape (n, 1, 4) (N, C, L): one channel",
+             {"batches": batches([3, 2], 1, (4,), loc=2.0)}),
     ]
 
 
@@ -256,19 +249,33 @@ def _population_hints(batches):
     axes = [reduce_axes(b.ndim) for b, _ in stats]
     means = np.array([b.mean(axis=a) for (b, _), a in zip(stats, axes)])
     biased = np.array([b.var(axis=a) for (b, _), a in zip(stats, axes)])
-    unbiased = np.array([b.var(axis=a, ddof=1) for (b, _), a in zip(stats, axes)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unbiased = np.array([b.var(axis=a, ddof=1) if m > 1 else np.full(b.shape[1], np.nan)
+                             for (b, m), a in zip(stats, axes)])
     counts = np.array([m for _, m in stats], np.float64)[:, None]
-    pooled_biased = ((biased + means**2) * counts).sum(0) / counts.sum() - (
-        (means * counts).sum(0) / counts.sum()) ** 2
+    total = counts.sum()
+    mean = (means * counts).sum(0) / total
+    between = (counts * (means - mean) ** 2).sum(0)
+    pooled_biased = ((counts * biased).sum(0) + between) / total
+    merge = ("merge the batches (Chan et al.): var_total = sum_b m_b * (var_b + (mu_b - mu)^2) / M "
+             "with the biased per-batch var_b, then multiply by M / (M - 1) for M values in all")
     mean_hints = [Hint(means.mean(0), "with batches of different sizes, weight each batch mean "
                        "by its number of values m = N * H * W (every value counts once).")]
-    var_hints = [
-        Hint(unbiased.mean(0), "you averaged the per-batch (unbiased) variances, which misses the "
-             "spread of the batch means around the overall mean. Pool them: "
-             "var_total = E[var_B + mu_B^2] - E[mu_B]^2 (weighted by batch size), then "
-             "multiply by M / (M - 1) for M values in all."),
+    var_hints = []
+    if (counts == 1).any():
+        with np.errstate(invalid="ignore"):
+            per_batch_ddof1 = (((counts - 1) * unbiased).sum(0) + between) / (total - 1)
+        var_hints.append(Hint(per_batch_ddof1, "a batch with a single value per channel (m = 1) "
+                              "has no unbiased variance of its own: np.var(..., ddof=1) divides "
+                              "by m - 1 = 0 and gives NaN. Use the biased per-batch variances "
+                              f"and apply M / (M - 1) once, to the pooled total: {merge}."))
+    var_hints += [
+        Hint(unbiased.mean(0), "you averaged the per-batch (unbiased) variances: that is "
+             "Algorithm 2's estimate, right on average for independent batches of one size, but "
+             "not the variance of these values pooled, which also counts the spread of the batch "
+             f"means around the overall mean exactly; {merge}."),
         Hint(biased.mean(0), "you averaged the biased per-batch variances: they underestimate by "
-             "(m - 1) / m and miss the spread of the batch means; pool the batches instead."),
+             f"(m - 1) / m and leave out the spread of the batch means; {merge}."),
         Hint(pooled_biased, "this is the biased (divide by M) variance; population statistics "
              "for inference use the unbiased one: multiply by M / (M - 1)."),
     ]
@@ -290,32 +297,27 @@ def _check_population_case(fn, case):
     assert_close("var", var, everything.var(0, ddof=1), case, atol=atol, rtol=rtol, hints=var_hints)
 
 
-def check_population_stats(population_stats):
-    """Check ``population_stats(batches) -> (mean, var)`` against the statistics of all the
-    values at once: mean and unbiased variance per channel. Returns None."""
-    require_callable(population_stats, "population_stats")
-    with quiet():
-        for case in _population_cases(np.random.default_rng(7)):
-            _check_population_case(population_stats, case)
-
-
-def check_population_stats_randomized(population_stats, seed=None):
-    """Hidden cases: random batch counts, sizes, ranks and drifts."""
-    require_callable(population_stats, "population_stats")
-    seed = grading_seed("population_stats") if seed is None else seed
+def _population_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(4):
-            c = int(rng.integers(1, 5))
-            tail = tuple(int(s) for s in rng.integers(1, 4, int(rng.integers(0, 3))))
-            sizes = [int(s) for s in rng.integers(1, 7, int(rng.integers(1, 6)))]
-            if sum(sizes) * int(np.prod(tail)) < 2:
-                sizes.append(2)
-            batches = [rng.normal(rng.normal(0, 4), rng.uniform(0.3, 3), (n, c) + tail)
-                       for n in sizes]
-            desc = (f"randomized case {i} of seed {seed}: {len(sizes)} batches of sizes {sizes}, "
-                    f"shape (n, {c}, *{tail})")
-            _check_population_case(population_stats, Case(desc, {"batches": batches}))
+    cases = []
+    for _ in range(4):
+        c = int(rng.integers(1, 5))
+        tail = tuple(int(s) for s in rng.integers(1, 4, int(rng.integers(0, 3))))
+        sizes = [int(s) for s in rng.integers(1, 7, int(rng.integers(1, 6)))]
+        if sum(sizes) * int(np.prod(tail)) < 2:
+            sizes.append(2)
+        batches = [rng.normal(rng.normal(0, 4), rng.uniform(0.3, 3), (n, c) + tail)
+                   for n in sizes]
+        desc = f"{len(sizes)} batches of sizes {sizes}, shape (n, {c}, *{tail}), float64"
+        cases.append(Case(desc, {"batches": batches}))
+    return cases
+
+
+POPULATION = Exercise("population_stats", lambda: _population_cases(np.random.default_rng(7)),
+                      _population_randomized, _check_population_case,
+                      summary="per-channel mean and unbiased variance of all the values of a "
+                      "list of batches")
+check_population_stats, check_population_stats_randomized = POPULATION.checks(module=__name__)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,23 +375,21 @@ def _check_fold_case(fn, case):
     ])
 
 
-def check_fold_into_linear(fold_into_linear):
-    """Check ``fold_into_linear(W, b, mean, var, gamma, beta, eps) -> (W_folded, b_folded)``:
-    ``x @ W_folded.T + b_folded`` must equal inference-mode BN of ``x @ W.T + b``."""
-    require_callable(fold_into_linear, "fold_into_linear")
-    with quiet():
-        for case in _fold_cases(np.random.default_rng(11)):
-            _check_fold_case(fold_into_linear, case)
-
-
-def check_fold_into_linear_randomized(fold_into_linear, seed=None):
-    """Hidden cases: random layer sizes and eps."""
-    require_callable(fold_into_linear, "fold_into_linear")
-    seed = grading_seed("fold_into_linear") if seed is None else seed
+def _fold_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(4):
-            c_out, c_in = (int(v) for v in rng.integers(1, 7, 2))
-            eps = float(rng.choice([1e-5, 1e-3, 0.1]))
-            desc = f"randomized case {i} of seed {seed}: W of shape ({c_out}, {c_in}), eps {eps:g}"
-            _check_fold_case(fold_into_linear, _fold_case(rng, desc, c_out, c_in, eps=eps))
+    cases = []
+    for _ in range(4):
+        c_out, c_in = (int(v) for v in rng.integers(1, 7, 2))
+        eps = float(rng.choice([1e-5, 1e-3, 0.1]))
+        desc = f"W of shape ({c_out}, {c_in}), float64, eps {eps:g}"
+        cases.append(_fold_case(rng, desc, c_out, c_in, eps=eps))
+    return cases
+
+
+FOLD = Exercise("fold_into_linear", lambda: _fold_cases(np.random.default_rng(11)),
+                _fold_randomized, _check_fold_case,
+                summary="x @ W_folded.T + b_folded equals inference BN of x @ W.T + b; "
+                "float32 in, float32 out")
+check_fold_into_linear, check_fold_into_linear_randomized = FOLD.checks(module=__name__)
+
+EXERCISES = (RUNNING, INFERENCE, POPULATION, FOLD)

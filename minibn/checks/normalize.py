@@ -13,14 +13,12 @@ import numpy as np
 from minibn import functional as ref
 from minibn.checks._core import (
     Case,
+    Exercise,
     Hint,
     assert_close,
     assert_unchanged,
     channel_shape,
-    grading_seed,
-    quiet,
     reduce_axes,
-    require_callable,
     unpack,
 )
 
@@ -80,6 +78,10 @@ def _public_cases():
         _case(
             "x of shape (5, 4, 3), a non-contiguous view (every other channel of a (5, 8, 3) array)",
             rng.normal(0, 2, (5, 8, 3))[:, ::2],
+        ),
+        _case(
+            "x of shape (6, 1, 2), float64: one channel, eps 0.1 (large: its placement shows)",
+            rng.normal(1.0, 0.5, (6, 1, 2)), eps=0.1,
         ),
     ]
     return cases
@@ -145,32 +147,76 @@ def _run_forward(fn, case):
     x, gamma, beta, eps = case["x"], case["gamma"], case["beta"], case["eps"]
     copies = {k: np.array(v, copy=True) for k, v in case.arrays.items()}
     result = fn(case["x"], case["gamma"], case["beta"], eps)
-    out, _ = unpack(result, "batchnorm_forward", 2, ["out", "cache"])
+    out, cache = unpack(result, "batchnorm_forward", 2, ["out", "cache"])
     for name, copy in copies.items():
         assert_unchanged(name, case[name], copy, case, "batchnorm_forward")
-    return out
+    return out, cache
 
 
 def _check_forward_case(fn, case):
     x, gamma, beta, eps = case["x"], case["gamma"], case["beta"], case["eps"]
-    out = _run_forward(fn, case)
+    out, cache = _run_forward(fn, case)
     x64 = np.asarray(x, np.float64)
-    expected, _ = ref.batchnorm_forward(x64, gamma, beta, eps)
+    expected, expected_cache = ref.batchnorm_forward(x64, gamma, beta, eps)
     atol, rtol = _tolerance(x.dtype)
     # A correct mean may be summed in any order, off by a few ulps of |x|; x_hat moves by that
     # over the std. Negligible unless |x| >> std (the mean 1e7 case), and still far below the
     # error of a one-pass variance there.
-    spread = np.sqrt(x64.var(axis=reduce_axes(x.ndim)) + eps).min()
-    atol = max(atol, 16 * np.finfo(x.dtype).eps * np.abs(x64).max() / spread)
+    # Per channel, so that a well-conditioned channel is not judged by a badly conditioned one.
+    axes = reduce_axes(x.ndim)
+    spread = np.sqrt(x64.var(axis=axes) + eps)
+    atol = np.maximum(atol, 16 * np.finfo(x.dtype).eps * np.abs(x64).max(axis=axes) / spread)
+    atol = atol.reshape(channel_shape(x.ndim, x.shape[1]))
     assert_close("out", out, expected, case, atol=atol, rtol=rtol, dtype=x.dtype,
-                 hints=_forward_hints(x, gamma, beta, eps), note=case["note"])
-    return out
+                 hints=lambda: _forward_hints(x, gamma, beta, eps), note=case["note"])
+    return out, cache, (expected_cache, atol, rtol)
+
+
+def _check_forward_only(fn, case):
+    _check_forward_case(fn, case)
+
+
+def _forward_cache(batchnorm_forward):
+    """the cache: a BatchNormCache holding x, x_hat, mean, var, inv_std, gamma and eps"""
+    for case in _public_cases():
+        _, cache, (expected, atol, rtol) = _check_forward_case(batchnorm_forward, case)
+        _check_cache(cache, expected, case, atol, rtol)
+
+
+def _check_cache(cache, expected, case, atol, rtol):
+    """The cache is a ``BatchNormCache`` whose fields hold what the lesson's text says."""
+    fields = ref.BatchNormCache._fields
+    if getattr(type(cache), "_fields", None) != fields:
+        raise AssertionError(
+            f"batchnorm_forward's cache must be a BatchNormCache({', '.join(fields)}), got "
+            f"{type(cache).__name__} ({case.description}): return "
+            "BatchNormCache(x, x_hat, mean, var, inv_std, gamma, eps)")
+    x = case["x"]
+    if cache.x is not x and not (isinstance(cache.x, np.ndarray) and cache.x.shape == x.shape
+                                 and np.array_equal(cache.x, x)):
+        raise AssertionError(f"cache.x must be the input x ({case.description})")
+    if not isinstance(cache.eps, (int, float, np.floating)) or float(cache.eps) != case["eps"]:
+        raise AssertionError(f"cache.eps is {cache.eps!r}, expected the eps used, {case['eps']!r} "
+                             f"({case.description})")
+    gamma = np.abs(np.asarray(case["gamma"], np.float64)).reshape(atol.shape)
+    x_hat_atol = np.maximum(atol, atol / np.maximum(gamma, 1e-3))
+    atol = atol.reshape(-1)  # per channel, for the (C,) fields
+    assert_close("cache.x_hat", cache.x_hat, expected.x_hat, case, atol=x_hat_atol,
+                 rtol=rtol, dtype=x.dtype, note="x_hat = (x - mean) * inv_std, the shape of x.")
+    # var has units of x^2: its absolute tolerance scales with the channel's spread.
+    scale = np.asarray(expected.var, np.float64) + case["eps"]
+    for field, want, tol in (("mean", expected.mean, atol * np.sqrt(scale)),
+                             ("var", expected.var, atol * scale),
+                             ("inv_std", expected.inv_std, atol / np.sqrt(scale)),
+                             ("gamma", case["gamma"], atol)):
+        assert_close(f"cache.{field}", getattr(cache, field), want, case, atol=tol, rtol=rtol,
+                     note=f"cache.{field} is per channel, shape (C,).")
 
 
 def _check_forward_invariants(fn, case):
     """Per-channel mean of out is beta, std is |gamma|; out is unchanged under x -> a*x + b."""
     x, gamma, beta = case["x"], case["gamma"], case["beta"]
-    out = np.asarray(_run_forward(fn, case), np.float64)
+    out = np.asarray(_run_forward(fn, case)[0], np.float64)
     axes = reduce_axes(x.ndim)
     assert_close("per-channel mean of out", out.mean(axis=axes), beta, case, atol=1e-8, rtol=1e-6,
                  note="After normalizing, each channel's mean must equal beta.")
@@ -180,27 +226,38 @@ def _check_forward_invariants(fn, case):
     a, b = 2.5, -7.0
     moved = Case(f"{case.description}, transformed to {a}*x + ({b})",
                  {**case.arrays, "x": a * x + b}, case.params)
-    out_moved = np.asarray(_run_forward(fn, moved), np.float64)
+    out_moved = np.asarray(_run_forward(fn, moved)[0], np.float64)
     assert_close("out for a*x + b", out_moved, out, moved, atol=1e-7, rtol=1e-6,
                  note="Batch norm is invariant to shifting and (positively) scaling its input; "
                  "your output changed.")
 
 
-def check_batchnorm_forward(batchnorm_forward):
-    """Check ``batchnorm_forward(x, gamma, beta, eps) -> (out, cache)`` on the public cases.
+def _forward_invariants(batchnorm_forward):
+    """invariants: channel mean = beta, channel std = |gamma|, unchanged under x -> a*x + b"""
+    rng = np.random.default_rng(1)
+    invariant_case = _case("x of shape (10, 3, 2), float64, eps 1e-12",
+                           rng.normal(1.0, 3.0, (10, 3, 2)), eps=1e-12)
+    _check_forward_invariants(batchnorm_forward, invariant_case)
 
-    Compares ``out`` with the float64 reference (dtype preserved, input untouched), then checks
-    the invariants: channel mean = beta, channel std = |gamma|, invariance under x -> a*x + b.
-    Returns None; raises AssertionError naming what is wrong.
-    """
-    require_callable(batchnorm_forward, "batchnorm_forward")
-    with quiet():
-        for case in _public_cases():
-            _check_forward_case(batchnorm_forward, case)
-        rng = np.random.default_rng(1)
-        invariant_case = _case("x of shape (10, 3, 2), float64, eps 1e-12",
-                               rng.normal(1.0, 3.0, (10, 3, 2)), eps=1e-12)
-        _check_forward_invariants(batchnorm_forward, invariant_case)
+
+def _forward_refuses_one_value(batchnorm_forward):
+    """a ValueError for a single value per channel (m = 1)"""
+    for shape in ((1, 3), (1, 2, 1, 1)):
+        x = np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape)
+        c = shape[1]
+        try:
+            batchnorm_forward(x, np.ones(c), np.zeros(c), 1e-5)
+        except ValueError as err:
+            if "more than 1 value per channel" not in str(err):
+                raise AssertionError(
+                    f"batchnorm_forward raised ValueError({str(err)!r}) for x of shape {shape}; "
+                    "use PyTorch's wording: \"Expected more than 1 value per channel when "
+                    "training\"") from None
+            continue
+        raise AssertionError(
+            f"batchnorm_forward(x of shape {shape}) returned instead of raising ValueError: with a "
+            "single value per channel (m = 1) the variance is 0 and every x_hat is 0. Raise "
+            "ValueError(\"Expected more than 1 value per channel when training\").")
 
 
 def _random_x(rng, dtype):
@@ -225,23 +282,9 @@ def _randomized_cases(seed, count=6):
         gamma = rng.uniform(-2, 2, c).astype(dtype)
         beta = rng.normal(0, 2, c).astype(dtype)
         eps = float(rng.choice([1e-5, 1e-3, 0.1]))
-        desc = (f"randomized case {i} of seed {seed}: x of shape {x.shape}, {np.dtype(dtype).name}, "
-                f"eps {eps:g}")
+        desc = f"x of shape {x.shape}, {np.dtype(dtype).name}, eps {eps:g}"
         cases.append(_case(desc, x, gamma, beta, eps))
     return cases
-
-
-def check_batchnorm_forward_randomized(batchnorm_forward, seed=None):
-    """Check ``batchnorm_forward`` on randomized shapes, dtypes, offsets, scales and eps.
-
-    ``seed=None`` derives the seed from the grading secret (see ``grading_seed``); the seed is
-    named in any failure message so the case can be reproduced.
-    """
-    require_callable(batchnorm_forward, "batchnorm_forward")
-    seed = grading_seed("batchnorm_forward") if seed is None else seed
-    with quiet():
-        for case in _randomized_cases(seed):
-            _check_forward_case(batchnorm_forward, case)
 
 
 def _check_stats_case(fn, case):
@@ -267,18 +310,12 @@ def _check_stats_case(fn, case):
                  hints=var_hints, note=case["note"])
 
 
-def check_channel_stats(channel_stats):
-    """Check ``channel_stats(x) -> (mean, var)``: per-channel mean and biased variance, ``(C,)``."""
-    require_callable(channel_stats, "channel_stats")
-    with quiet():
-        for case in _public_cases():
-            _check_stats_case(channel_stats, case)
+FORWARD = Exercise("batchnorm_forward", _public_cases, _randomized_cases, _check_forward_only,
+                   summary="paper Algorithm 1: out compared with the float64 reference, dtype kept, "
+                   "inputs untouched", extra_checks=(_forward_cache, _forward_invariants, _forward_refuses_one_value))
+STATS = Exercise("channel_stats", _public_cases, _randomized_cases, _check_stats_case,
+                 summary="per-channel mean and biased variance, each of shape (C,)")
+EXERCISES = (STATS, FORWARD)
 
-
-def check_channel_stats_randomized(channel_stats, seed=None):
-    """``check_channel_stats`` on randomized cases (see ``check_batchnorm_forward_randomized``)."""
-    require_callable(channel_stats, "channel_stats")
-    seed = grading_seed("channel_stats") if seed is None else seed
-    with quiet():
-        for case in _randomized_cases(seed):
-            _check_stats_case(channel_stats, case)
+check_batchnorm_forward, check_batchnorm_forward_randomized = FORWARD.checks(module=__name__)
+check_channel_stats, check_channel_stats_randomized = STATS.checks(module=__name__)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minibn.checks._core import (Case, Hint, assert_close, assert_unchanged, fmt, grading_seed,
-                                 quiet, require_callable, unpack)
+from minibn.checks._core import Case, Exercise, Hint, assert_close, assert_unchanged, fmt, unpack
 
 __all__ = [
     "check_lp_normalize", "check_lp_normalize_randomized",
@@ -27,11 +26,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------ ℓp normalization
-
-def _pmean(a, p, axis):
-    a = np.abs(a)
-    return a.max(axis=axis) if np.isinf(p) else (a ** p).mean(axis=axis) ** (1.0 / p)
-
 
 def _lp_variant(x, p, eps, *, centre_first=False, centre=True, axis=0, average=True, root=True,
                 signed=False):
@@ -82,6 +76,7 @@ def _lp_cases():
              {"p": 1}),
         Case("x of shape (5, 7), ReLU outputs (non-negative), p=2",
              {"x": np.maximum(rng.normal(0, 1, (5, 7)), 0) + 0.01}, {"p": 2}),
+        Case("x of shape (9, 1), one unit, p=3", {"x": rng.normal(1, 2, (9, 1))}, {"p": 3}),
     ]
 
 
@@ -92,33 +87,27 @@ def _check_lp_case(fn, case, eps=1e-5):
     assert_unchanged("x", x, copy, case, "lp_normalize")
     atol, rtol = (1e-5, 1e-4) if x.dtype == np.float32 else (1e-9, 1e-7)
     assert_close("out", out, _lp_variant(x, p, eps), case, atol=atol, rtol=rtol, dtype=x.dtype,
-                 hints=_lp_hints(x, p, eps))
+                 hints=lambda: _lp_hints(x, p, eps))
 
 
-def check_lp_normalize(lp_normalize):
-    """Check ``lp_normalize(x, p, eps)`` for p = 1, 2, inf (dtype kept, input untouched)."""
-    require_callable(lp_normalize, "lp_normalize")
-    with quiet():
-        for case in _lp_cases():
-            _check_lp_case(lp_normalize, case)
-
-
-def check_lp_normalize_randomized(lp_normalize, seed=None):
-    """``check_lp_normalize`` on randomized shapes, offsets and p; the seed is named on failure."""
-    require_callable(lp_normalize, "lp_normalize")
-    seed = grading_seed("lp_normalize") if seed is None else seed
+def _lp_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for i in range(6):
-            shape = (int(rng.integers(2, 20)), int(rng.integers(1, 9)))
-            if i == 5:  # mostly negative: max x and max |x| differ
-                p, x = np.inf, rng.normal(-abs(rng.normal(2, 1)), 10 ** rng.uniform(-1, 0), shape)
-            else:
-                p = [1, 2, np.inf, 3][i % 4]
-                x = rng.normal(rng.normal(0, 3), 10 ** rng.uniform(-1, 1), shape)
-            case = Case(f"randomized case {i} of seed {seed}: x of shape {shape}, p={p}",
-                        {"x": x}, {"p": p})
-            _check_lp_case(lp_normalize, case)
+    cases = []
+    for i in range(6):
+        shape = (int(rng.integers(2, 20)), int(rng.integers(1, 9)))
+        if i == 5:  # mostly negative: max x and max |x| differ
+            p, x = np.inf, rng.normal(-abs(rng.normal(2, 1)), 10 ** rng.uniform(-1, 0), shape)
+        else:
+            p = [1, 2, np.inf, 3][i % 4]
+            x = rng.normal(rng.normal(0, 3), 10 ** rng.uniform(-1, 1), shape)
+        cases.append(Case(f"x of shape {shape}, float64, p={p}", {"x": x}, {"p": p}))
+    return cases
+
+
+LP = Exercise("lp_normalize", _lp_cases, _lp_randomized, _check_lp_case,
+              summary="Santurkar's ℓp normalization for p = 1, 2, 3, inf, dtype kept, input "
+              "untouched")
+check_lp_normalize, check_lp_normalize_randomized = LP.checks(module=__name__)
 
 
 # ------------------------------------------------------------------ a small net with gradients
@@ -221,40 +210,43 @@ def _ics_case(description, seed, depth, i, lr, width=4, n=6):
     return Case(description, {}, {"weights": weights, "grad_fn": grad_fn, "i": i, "lr": lr})
 
 
-def check_internal_covariate_shift(internal_covariate_shift):
-    """Check Definition 2.1 on small tanh nets (exact gradients), including layer 0 (no shift)."""
-    require_callable(internal_covariate_shift, "internal_covariate_shift")
-    cases = [
+def _ics_public():
+    return [
         _ics_case("a 4-layer tanh net, layer i=2, lr 0.5", 1, 4, 2, 0.5),
         _ics_case("a 5-layer tanh net, the last layer i=4, lr 0.3", 2, 5, 4, 0.3),
         _ics_case("a 3-layer tanh net, layer i=1, lr 1.0", 3, 3, 1, 1.0),
     ]
-    with quiet():
-        for case in cases:
-            _check_ics_case(internal_covariate_shift, case)
-        first = _ics_case("a 3-layer tanh net, layer i=0 (nothing precedes it)", 4, 3, 0, 0.5)
-        dist, cos = unpack(internal_covariate_shift(first["grad_fn"], first["weights"], 0, 0.5),
-                           "internal_covariate_shift", 2, ["distance", "cosine"])
-        if not (abs(float(dist)) < 1e-12 and abs(float(cos) - 1) < 1e-9):
-            raise AssertionError(
-                f"layer 0 has no preceding layers, so G' = G: expected distance 0 and cosine 1, "
-                f"got {fmt(dist)} and {fmt(cos)} ({first.description}).")
 
 
-def check_internal_covariate_shift_randomized(internal_covariate_shift, seed=None):
-    """``check_internal_covariate_shift`` on randomized depths, layers and learning rates."""
-    require_callable(internal_covariate_shift, "internal_covariate_shift")
-    seed = grading_seed("internal_covariate_shift") if seed is None else seed
+def _ics_first_layer(internal_covariate_shift):
+    """layer 0, which nothing precedes: distance 0 and cosine 1"""
+    first = _ics_case("a 3-layer tanh net, layer i=0 (nothing precedes it)", 4, 3, 0, 0.5)
+    dist, cos = unpack(internal_covariate_shift(first["grad_fn"], first["weights"], 0, 0.5),
+                       "internal_covariate_shift", 2, ["distance", "cosine"])
+    if not (abs(float(dist)) < 1e-12 and abs(float(cos) - 1) < 1e-9):
+        raise AssertionError(
+            f"layer 0 has no preceding layers, so G' = G: expected distance 0 and cosine 1, "
+            f"got {fmt(dist)} and {fmt(cos)} ({first.description}).")
+
+
+def _ics_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for k in range(4):
-            depth = int(rng.integers(3, 7))
-            i = int(rng.integers(1, depth))
-            lr = float(10 ** rng.uniform(-1.5, 0.3))
-            case = _ics_case(f"randomized case {k} of seed {seed}: a {depth}-layer tanh net, "
-                             f"layer i={i}, lr {lr:.4g}", int(rng.integers(2**31)), depth, i, lr,
-                             width=int(rng.integers(2, 6)), n=int(rng.integers(3, 9)))
-            _check_ics_case(internal_covariate_shift, case)
+    cases = []
+    for _ in range(4):
+        depth = int(rng.integers(3, 7))
+        i = int(rng.integers(1, depth))
+        lr = float(10 ** rng.uniform(-1.5, 0.3))
+        cases.append(_ics_case(f"a {depth}-layer tanh net, layer i={i}, lr {lr:.4g}",
+                               int(rng.integers(2**31)), depth, i, lr,
+                               width=int(rng.integers(2, 6)), n=int(rng.integers(3, 9))))
+    return cases
+
+
+ICS = Exercise("internal_covariate_shift", _ics_public, _ics_randomized, _check_ics_case,
+               summary="Definition 2.1 on small tanh nets with exact gradients",
+               extra_checks=(_ics_first_layer,))
+check_internal_covariate_shift, check_internal_covariate_shift_randomized = ICS.checks(
+    module=__name__)
 
 
 # ------------------------------------------------------------------- the loss along the gradient
@@ -317,26 +309,28 @@ def _along_case(description, seed, depth, lr, mults, width=4, n=6):
                 {"loss_fn": loss_fn, "grad_fn": grad_fn, "lr": lr, "mults": tuple(mults)})
 
 
-def check_loss_along_gradient(loss_along_gradient):
-    """Check the landscape probe on small tanh nets against exact losses and gradients."""
-    require_callable(loss_along_gradient, "loss_along_gradient")
-    with quiet():
-        for case in (
-            _along_case("a 3-layer tanh net, lr 0.5, multipliers (0.5, 1, 2, 4)", 5, 3, 0.5, (0.5, 1, 2, 4)),
-            _along_case("a 4-layer tanh net, lr 2, multipliers (0.25, 3)", 6, 4, 2.0, (0.25, 3.0)),
-        ):
-            _check_along_case(loss_along_gradient, case)
+def _along_public():
+    return [
+        _along_case("a 3-layer tanh net, lr 0.5, multipliers (0.5, 1, 2, 4)", 5, 3, 0.5, (0.5, 1, 2, 4)),
+        _along_case("a 4-layer tanh net, lr 2, multipliers (0.25, 3)", 6, 4, 2.0, (0.25, 3.0)),
+        _along_case("a 2-layer tanh net, lr 0.2, one multiplier (1.5,)", 7, 2, 0.2, (1.5,)),
+    ]
 
 
-def check_loss_along_gradient_randomized(loss_along_gradient, seed=None):
-    """``check_loss_along_gradient`` on randomized nets, learning rates and multipliers."""
-    require_callable(loss_along_gradient, "loss_along_gradient")
-    seed = grading_seed("loss_along_gradient") if seed is None else seed
+def _along_randomized(seed):
     rng = np.random.default_rng(seed)
-    with quiet():
-        for k in range(3):
-            depth, lr = int(rng.integers(2, 5)), float(10 ** rng.uniform(-1, 0.5))
-            mults = tuple(np.round(rng.uniform(0.1, 4, int(rng.integers(1, 6))), 3))
-            case = _along_case(f"randomized case {k} of seed {seed}: a {depth}-layer tanh net, lr "
-                               f"{lr:.4g}, multipliers {mults}", int(rng.integers(2**31)), depth, lr, mults)
-            _check_along_case(loss_along_gradient, case)
+    cases = []
+    for _ in range(3):
+        depth, lr = int(rng.integers(2, 5)), float(10 ** rng.uniform(-1, 0.5))
+        mults = tuple(np.round(rng.uniform(0.1, 4, int(rng.integers(1, 6))), 3))
+        cases.append(_along_case(f"a {depth}-layer tanh net, lr {lr:.4g}, multipliers {mults}",
+                                 int(rng.integers(2**31)), depth, lr, mults))
+    return cases
+
+
+ALONG = Exercise("loss_along_gradient", _along_public, _along_randomized, _check_along_case,
+                 summary="the loss and gradient change at theta - m * lr * g, against exact "
+                 "losses and gradients of small tanh nets")
+check_loss_along_gradient, check_loss_along_gradient_randomized = ALONG.checks(module=__name__)
+
+EXERCISES = (LP, ICS, ALONG)

@@ -9,8 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minibn.conventions import array_namespace as _xp
+from minibn.conventions import check_batch_size, check_eps, check_momentum, is_cupy
 from minibn.cuda import progression
-from minibn.cuda.runtime import is_cupy
 
 __all__ = ["KernelCache", "batchnorm_backward", "batchnorm_forward"]
 
@@ -33,14 +34,6 @@ class KernelCache(NamedTuple):
     inv_std: object
     gamma: object
     eps: float
-
-
-def _xp(x):
-    if is_cupy(x):
-        import cupy
-
-        return cupy
-    return np
 
 
 def _check_x(x, name="x"):
@@ -92,16 +85,11 @@ def batchnorm_forward(x, gamma, beta, eps=1e-5, running_mean=None, running_var=N
     xp = _check_x(x)
     gamma = _vector(gamma, "gamma", x, xp)
     beta = _vector(beta, "beta", x, xp)
-    if not eps >= 0:
-        raise ValueError(f"eps must be non-negative, got {eps}")
+    check_eps(eps, training=False)  # as minibn.functional: eps = 0 allowed
     if (running_mean is None) != (running_var is None):
         raise ValueError("give both running_mean and running_var, or neither")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    m = x.size // x.shape[1] if x.shape[1] else 0
-    if m <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"{tuple(x.shape)}")
+    check_momentum(momentum)
+    check_batch_size(tuple(x.shape), allow_empty=False)
     x = xp.ascontiguousarray(x)
     rm = rv = None
     if running_mean is not None:

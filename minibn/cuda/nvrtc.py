@@ -24,6 +24,7 @@ __all__ = [
     "compile_report",
     "nvrtc_available",
     "occupancy",
+    "occupancy_limits",
     "resource_table",
 ]
 
@@ -34,21 +35,27 @@ class NvrtcError(RuntimeError):
 
 @dataclass(frozen=True)
 class Arch:
-    """Per-SM limits of one compute capability (CUDA occupancy calculator's table)."""
+    """Per-SM limits of one compute capability, as the CUDA occupancy calculator
+    (``cuda_occupancy.h``) knows them."""
 
     name: str
-    registers: int = 65536
+    registers: int = 65536  # per SM
+    registers_per_block: int = 65536
+    register_unit: int = 256  # registers are allocated per warp, in units of 256
+    sub_partitions: int = 4  # the register file is split between 4 schedulers
+    max_registers_per_thread: int = 255
     max_warps: int = 64
     max_blocks: int = 32
-    shared: int = 228 * 1024
-    shared_per_block: int = 227 * 1024
-    reserved_shared: int = 1024  # the runtime keeps 1 KB of each block's shared memory
-    register_unit: int = 256  # registers are allocated per warp in units of 256
-    max_registers_per_thread: int = 255
+    max_threads_per_block: int = 1024
+    shared: int = 228 * 1024  # per SM, at the largest carveout
+    shared_per_block: int = 48 * 1024  # without opting in
+    shared_per_block_optin: int = 227 * 1024
+    reserved_shared: int = 1024  # the driver keeps 1 KB of every block's shared memory (cc >= 8.0)
+    shared_unit: int = 128  # shared memory is allocated in units of 128 bytes
 
 
 ARCHS = {
-    "sm_80": Arch("sm_80", max_warps=64, shared=164 * 1024, shared_per_block=163 * 1024),
+    "sm_80": Arch("sm_80", shared=164 * 1024, shared_per_block_optin=163 * 1024),
     "sm_90": Arch("sm_90"),
 }
 
@@ -159,23 +166,56 @@ def compile_report(file, arch="sm_90"):
     return tuple(parse_log(compile_log(source(file), arch, f"{file}.cu")))
 
 
+def _round_up(x, unit):
+    return -(-x // unit) * unit
+
+
+def occupancy_limits(registers, threads, shared=0, arch="sm_90"):
+    """Resident blocks per SM allowed by each limit, by the CUDA occupancy calculator's rules
+    (``cudaOccMaxActiveBlocksPerMultiprocessor``, default cache and carveout settings):
+
+    - warps: ``max_warps // ceil(threads / 32)``; blocks: at most ``max_blocks``;
+    - registers: a warp gets ``ceil(registers * 32 / 256) * 256`` registers, and each of the 4
+      sub-partitions holds ``floor(65536 / 4 / that)`` warps, so an SM holds 4 times as many
+      warps, in whole blocks; a block whose warps (rounded up to a multiple of 4, as the hardware
+      check assumes) need more than 64K registers cannot launch at all;
+    - shared memory: ``static + dynamic + 1 KB reserved``, rounded up to 128 bytes, out of the
+      SM's 228 KB (164 KB on sm_80); more than 48 KB per block needs the kernel's opt-in, and more
+      than the opt-in maximum cannot launch.
+    """
+    a = ARCHS[arch]
+    if not 1 <= threads <= a.max_threads_per_block:
+        raise ValueError(f"threads per block must be 1..{a.max_threads_per_block}, got {threads}")
+    if not 0 <= registers <= a.max_registers_per_thread:
+        raise ValueError(f"registers per thread must be 0..{a.max_registers_per_thread}, got {registers}")
+    warps = -(-threads // 32)
+    limits = {"warps": a.max_warps // warps, "blocks": a.max_blocks}
+    per_warp = _round_up(registers * 32, a.register_unit)
+    if per_warp == 0:
+        limits["registers"] = a.max_blocks
+    elif (per_warp * _round_up(warps, a.sub_partitions) > a.registers_per_block
+          or per_warp * warps > a.registers_per_block):
+        limits["registers"] = 0
+    else:
+        warps_per_sub_partition = (a.registers // a.sub_partitions) // per_warp
+        limits["registers"] = warps_per_sub_partition * a.sub_partitions // warps
+    allocated = _round_up(shared + a.reserved_shared, a.shared_unit)
+    # A kernel that needs more than 48 KB must have opted in to launch at all; assume it did.
+    cap = (a.shared_per_block if shared <= a.shared_per_block else a.shared_per_block_optin) + a.reserved_shared
+    limits["shared memory"] = 0 if allocated > cap else a.shared // allocated
+    return limits
+
+
 def occupancy(registers, threads, shared=0, arch="sm_90"):
     """Resident warps per SM and what limits them, for a kernel using ``registers`` per thread,
     ``threads`` per block and ``shared`` bytes of shared memory per block (static + dynamic).
 
-    Returns ``(warps, limiter)`` with ``warps / arch.max_warps`` the occupancy.
+    Returns ``(warps, limiter)`` with ``warps / ARCHS[arch].max_warps`` the occupancy; 0 warps
+    when the block cannot launch at all (the limiter says why). See ``occupancy_limits``.
     """
-    a = ARCHS[arch]
-    warps_per_block = -(-threads // 32)
-    regs_per_warp = -(-max(registers, 1) * 32 // a.register_unit) * a.register_unit
-    limits = {
-        "warps": a.max_warps // warps_per_block,
-        "blocks": a.max_blocks,
-        "registers": a.registers // (regs_per_warp * warps_per_block),
-        "shared memory": a.shared // (shared + a.reserved_shared) if shared else a.max_blocks,
-    }
-    limiter = min(limits, key=limits.get)
-    return limits[limiter] * warps_per_block, limiter
+    limits = occupancy_limits(registers, threads, shared, arch)
+    limiter = min(limits, key=limits.get)  # ties: the first of warps, blocks, registers, shared
+    return limits[limiter] * -(-threads // 32), limiter
 
 
 def resource_table(arch="sm_90", threads=256, dynamic_shared=None):

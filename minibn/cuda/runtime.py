@@ -1,11 +1,15 @@
 """Where a kernel runs: CuPy arrays on the GPU through ``cupy.RawModule``, NumPy arrays on the
 CPU through ``minibn.cuda.executor``. Both compile the same text from ``minibn.cuda.sources``
-and are launched with CuPy's ``kernel(grid, block, args, shared_mem=...)`` call."""
+and are launched with CuPy's ``kernel(grid, block, args, shared_mem=...)`` call, and both refuse
+arguments a kernel would misread (wrong count, dtype, a non-contiguous array, a Python float for
+a ``float``) with the same message: CuPy itself passes arrays straight through, so a strided
+view would be read as if it were contiguous."""
 from __future__ import annotations
 
 import numpy as np
 
-from minibn.cuda.executor import CpuRawModule
+from minibn.cuda import cpu_memory
+from minibn.cuda.executor import CpuRawModule, check_args, parse_kernels
 from minibn.cuda.sources import source
 
 __all__ = ["Runtime", "gpu_available", "is_cupy", "runtime_for"]
@@ -29,6 +33,35 @@ def gpu_available():
         return False
 
 
+class CheckedKernel:
+    """A CuPy kernel whose arguments are checked against its signature before each launch."""
+
+    def __init__(self, function, name, params):
+        self.function = function
+        self.name = name
+        self.params = params
+
+    def __call__(self, grid, block, args, *, shared_mem=0):
+        check_args(self.params, args, self.name, is_array=is_cupy)
+        self.function(grid, block, tuple(args), shared_mem=shared_mem)
+
+
+class CheckedModule:
+    """``cupy.RawModule`` with ``get_function`` returning ``CheckedKernel``s."""
+
+    def __init__(self, module, code):
+        self.module = module
+        self.kernels = parse_kernels(code)
+
+    def get_function(self, name):
+        if name not in self.kernels:
+            from minibn.cuda.executor import KernelError
+
+            found = ", ".join(self.kernels) or "none"
+            raise KernelError(f"no __global__ kernel named {name!r} in the source (found: {found})")
+        return CheckedKernel(self.module.get_function(name), name, self.kernels[name])
+
+
 class Runtime:
     """Compiles sources (once each) and allocates arrays for one device kind."""
 
@@ -48,7 +81,7 @@ class Runtime:
             if self.device == "gpu":
                 import cupy
 
-                self._modules[code] = cupy.RawModule(code=code, options=NVRTC_OPTIONS)
+                self._modules[code] = CheckedModule(cupy.RawModule(code=code, options=NVRTC_OPTIONS), code)
             else:
                 self._modules[code] = CpuRawModule(code, label=label)
         return self._modules[code]
@@ -58,6 +91,14 @@ class Runtime:
 
     def kernel(self, file, name):
         return self.module(file).get_function(name)
+
+    def empty(self, shape, dtype=np.float32):
+        """Uninitialized memory, as ``cupy.empty``; on the CPU poisoned and tracked, so that the
+        sanitizer reports a kernel reading it before anything wrote it."""
+        return self.xp.empty(shape, dtype) if self.device == "gpu" else cpu_memory.empty(shape, dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        return self.xp.zeros(shape, dtype) if self.device == "gpu" else cpu_memory.zeros(shape, dtype)
 
 
 _runtimes = {}

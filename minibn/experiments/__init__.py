@@ -1,6 +1,7 @@
-"""Paper reproductions at CPU scale (see shared/papers.md for setups and pass criteria).
+"""Paper reproductions at CPU scale (setups, criteria and their calibration: docs/reproductions.md).
 
-Each experiment is a module with ``run(fast=True, seed=0, progress=True) -> Result`` and
+Each experiment is a module with ``config(fast=True, seed=0, **overrides) -> dict``,
+``run(cfg, progress=True) -> Result``, ``claims(result) -> [Claim]`` and
 ``plot(result) -> [Figure]``; run one from the shell with
 ``python -m minibn.experiments NAME --fast|--full --seed S --out DIR``.
 """

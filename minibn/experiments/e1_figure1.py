@@ -1,6 +1,6 @@
 """E1: Ioffe & Szegedy 2015, Figure 1, on the 5,000-image MNIST subset.
 
-Setup (paper Sec. 4.1, with shared/papers.md's choices for what the paper leaves open):
+Setup (paper Sec. 4.1, with our choices for what the paper leaves open; docs/reproductions.md):
 784-100-100-100-10 sigmoid MLP, weights N(0, 0.01^2) ("small random Gaussian values"), biases
 0; the BN net adds BN before every sigmoid (bias dropped, gamma=1, beta=0). Softmax
 cross-entropy, plain SGD, lr 0.5, batch 60. Every 250 steps: test accuracy on the 1,000
@@ -8,12 +8,12 @@ held-out images, and the 15th/50th/85th percentiles over the test set of each la
 sigmoid input. The BN net is evaluated with population statistics of 1,000 training images
 (PreciseBN with one batch, Algorithm 2).
 
-Fast mode trains 10k steps (papers.md's quick setting: about 6 s per net on one core), full
+Fast mode trains 10k steps (about 15 s per net on one core), full
 mode the paper's 50k. Grey-level input: binarizing (the paper's "binary input") costs both nets
 about 2-3 points on 5k images and changes nothing qualitatively.
 
 The init-scale sensitivity is part of the result: with a larger init (std 0.1) the plain net
-learns fast too and BN's head start shrinks or reverses (papers.md, E1 caveat), so the speed-up
+learns fast too and BN's head start shrinks or reverses, so the speed-up
 is claimed for the paper's small init only.
 """
 from __future__ import annotations
@@ -21,15 +21,23 @@ from __future__ import annotations
 import numpy as np
 
 from minibn.data import load_mnist
-from minibn.experiments.common import MLP, accuracy, make_rng, set_population_stats, steps_to, train
-from minibn.experiments.result import Claim, Result
+from minibn.experiments.numpy_mlp import MLP, make_rng
+from minibn.experiments.numpy_train import accuracy, set_population_stats, steps_to, train
+from minibn.experiments.result import Check, Result, claim, ratio, unasserted_if_changed
 
 NAME = "figure1"
 SIZES = [784, 100, 100, 100, 10]
 PERCENTILES = (15, 50, 85)
 
 
-def config(fast=True, seed=0):
+# What the asserted claims read: the sensitivity run feeds a reported claim only.
+CALIBRATION = {"sensitivity": False}
+SCALE_KEYS = ("steps", "lr", "batch_size", "init_std", "eval_every", "precise_bn_samples")
+
+
+def config(fast=True, seed=0, **overrides):
+    """The run's settings; ``overrides`` replace any of them (``sensitivity=False`` skips the
+    init-0.1 pair)."""
     return {
         "steps": 10_000 if fast else 50_000,
         "lr": 0.5,
@@ -40,8 +48,10 @@ def config(fast=True, seed=0):
         # the sensitivity run: a 10x larger init, shorter (its plain net learns fast)
         "sensitivity_init_std": 0.1,
         "sensitivity_steps": 4000 if fast else 10_000,
+        "sensitivity": True,
         "seed": seed,
         "fast": fast,
+        **overrides,
     }
 
 
@@ -94,9 +104,9 @@ def train_net(data, batchnorm, init_std, steps, cfg, rng, progress, desc):
     return hist["eval_steps"], accs, pcts
 
 
-def run(fast=True, seed=0, progress=True, sensitivity=True):
-    """Train the plain and BN nets (and, if ``sensitivity``, both again with init std 0.1)."""
-    cfg = config(fast, seed)
+def run(cfg, progress=True):
+    """Train the plain and BN nets (and, if ``cfg["sensitivity"]``, both with init std 0.1)."""
+    seed = cfg["seed"]
     data = load_mnist(seed=seed, flatten=True)
     curves, summary, pcts = {}, {}, {}
     for label, bn in (("bn", True), ("plain", False)):
@@ -116,54 +126,60 @@ def run(fast=True, seed=0, progress=True, sensitivity=True):
         # drift over training, leaving out the init point (everything starts at 0 there)
         summary[f"drift_median_{label}"], summary[f"drift_spread_{label}"] = band_drift(p[1:])
 
-    for label, bn in (("bn", True), ("plain", False)) if sensitivity else ():
+    for label, bn in (("bn", True), ("plain", False)) if cfg["sensitivity"] else ():
         steps, accs, _ = train_net(data, bn, cfg["sensitivity_init_std"], cfg["sensitivity_steps"],
                                    cfg, make_rng(seed), progress, f"init 0.1, {label}")
         curves[f"acc_init0.1_{label}"] = {"x": steps, "y": accs}
         summary[f"init0.1_steps_to_90_{label}"] = steps_to(steps, accs, 0.90)
         summary[f"init0.1_final_acc_{label}"] = accs[-1]
 
-    return Result(NAME, cfg, curves, summary, claims(summary, cfg))
+    result = Result(NAME, cfg, curves, summary)
+    result.claims = claims(result)
+    return result
 
 
 def _fmt_steps(s):
     return "never" if s is None else f"{s}"
 
 
-def claims(s, cfg):
-    """The paper's Figure 1 claims, checked with papers.md's criteria F1a-F1c."""
+def claims(result):
+    """The paper's Figure 1 claims, checked with criteria F1a-F1c (docs/reproductions.md)."""
+    s, cfg = result.summary, result.config
+    asserted = unasserted_if_changed(cfg, config(cfg["fast"], cfg["seed"]), SCALE_KEYS)
     n = cfg["steps"]
     bn85, plain85 = s["steps_to_85_bn"], s["steps_to_85_plain"]
     # "never within the run" counts as n + 1 steps: a lower bound on the true number
-    f1a = bn85 is not None and bn85 <= 0.2 * (plain85 if plain85 is not None else n + 1)
+    speedup = ratio(bn85, plain85 if plain85 is not None else n + 1)
     gain = s["final_acc_bn"] - s["final_acc_plain"]
     ratio_median = s["drift_median_plain"] / max(s["drift_median_bn"], 1e-12)
     ratio_spread = s["drift_spread_plain"] / max(s["drift_spread_bn"], 1e-12)
     found = [
-        Claim("With BN the network trains faster (Fig. 1a).", "Ioffe & Szegedy 2015, Fig. 1a",
+        claim("F1a", "With BN the network trains faster (Fig. 1a).", "Ioffe & Szegedy 2015, Fig. 1a",
               f"steps to 85% test accuracy: BN {_fmt_steps(bn85)}, plain {_fmt_steps(plain85)} "
-              f"(of {n})", "F1a: BN steps-to-85% <= 0.2x plain's", bool(f1a)),
-        Claim("With BN the network reaches higher test accuracy (Fig. 1a).",
+              f"(of {n})", "BN steps-to-85% <= 0.2x plain's",
+              [Check("BN / plain steps to 85%", speedup, "<=", 0.2)], asserted),
+        claim("F1b", "With BN the network reaches higher test accuracy (Fig. 1a).",
               "Ioffe & Szegedy 2015, Fig. 1a",
               f"accuracy at step {n}: BN {s['final_acc_bn']:.3f}, plain {s['final_acc_plain']:.3f} "
-              f"({100 * gain:+.1f} points)", "F1b: BN final accuracy >= plain's + 1.5 points",
-              bool(gain >= 0.015)),
-        Claim("The distribution of a sigmoid's input is much more stable with BN (Fig. 1b, c).",
+              f"({100 * gain:+.1f} points)", "BN final accuracy >= plain's + 0.5 points",
+              [Check("BN - plain final accuracy (points)", 100 * gain, ">=", 0.5)], asserted),
+        claim("F1c", "The distribution of a sigmoid's input is much more stable with BN (Fig. 1b, c).",
               "Ioffe & Szegedy 2015, Fig. 1b-c",
               f"drift of the median: plain {s['drift_median_plain']:.2f} vs BN "
               f"{s['drift_median_bn']:.2f} ({ratio_median:.1f}x); of the 15-85 spread: plain "
               f"{s['drift_spread_plain']:.2f} vs BN {s['drift_spread_bn']:.2f} ({ratio_spread:.1f}x)",
-              "F1c: plain drift >= 3x BN's, for the median and the spread",
-              bool(ratio_median >= 3 and ratio_spread >= 3)),
+              "plain drift >= 3x BN's, for the median and the spread",
+              [Check("plain / BN drift of the median", ratio_median, ">=", 3),
+               Check("plain / BN drift of the spread", ratio_spread, ">=", 3)], asserted),
     ]
     if "init0.1_steps_to_90_bn" not in s:
         return found
     b90, p90 = s["init0.1_steps_to_90_bn"], s["init0.1_steps_to_90_plain"]
     return found + [
-        Claim("(Sensitivity, not a paper claim) BN's speed-up depends on the small init: with "
-              "std 0.1 the plain net also learns fast.", "papers.md, E1 caveat",
+        claim("F1s", "(Sensitivity, not a paper claim) BN's speed-up depends on the small init: "
+              "with std 0.1 the plain net also learns fast.", "minibn (E1 sensitivity run)",
               f"init std 0.1, steps to 90%: BN {_fmt_steps(b90)}, plain {_fmt_steps(p90)} "
-              f"(of {cfg['sensitivity_steps']})", "reported, not asserted", None),
+              f"(of {cfg['sensitivity_steps']})", "reported, not asserted", asserted=False),
     ]
 
 

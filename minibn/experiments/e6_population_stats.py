@@ -12,8 +12,8 @@ estimated, and how the evaluation batches are formed, matter:
   smaller G, the larger the train-test inconsistency between mini-batch and population
   statistics; G = 2 collapses (each normalized feature is +-1); LayerNorm does not depend on G.
 
-Nets: ``minibn.experiments.e2_noisy_bn.MLP`` (ReLU, He init) on MNIST-5k (4,000 train / 1,000
-test). Setups and pass criteria: shared/papers.md, E6.
+Nets: ``minibn.experiments.torch_mlp.MLP`` (ReLU, He init) on MNIST-5k (4,000 train / 1,000
+test). Setups and pass criteria: docs/reproductions.md, E6.
 """
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minibn.experiments.e2_noisy_bn import MLP, batches, load_data, progress_bar, sgd_step
-from minibn.experiments.result import Claim, Result
+from minibn.experiments.progress import progress_bar
+from minibn.experiments.torch_mlp import MLP
+from minibn.experiments.torch_train import (accuracy, batch_moments, batches, load_data,
+                                            precise_bn, sgd_step, train_mode_moments)
+from minibn.experiments.result import Check, Result, claim, ratio, unasserted_if_changed
 
 EMA_LAMBDAS = (0.9, 0.99, 0.999)
 
@@ -30,13 +33,6 @@ EMA_LAMBDAS = (0.9, 0.99, 0.999)
 # ---------------------------------------------------------------------------------------------
 # Estimators of population statistics from batch statistics
 # ---------------------------------------------------------------------------------------------
-
-def batch_moments(h):
-    """Per-feature mean and *biased* variance of ``h`` (N, D): what BN normalizes a batch with."""
-    h = h.detach().to(torch.float64)
-    var, mean = torch.var_mean(h, dim=0, correction=0)
-    return mean, var
-
 
 def bessel_estimate(means, variances, m):
     """BN paper Algorithm 2: E[mu_B] and m/(m-1) * E[var_B] over batches of size ``m``.
@@ -48,47 +44,6 @@ def bessel_estimate(means, variances, m):
     if m < 2:
         raise ValueError(f"batch size m must be at least 2 for m/(m-1), got {m}")
     return torch.stack(list(means)).mean(0), torch.stack(list(variances)).mean(0) * m / (m - 1)
-
-
-def pooled_estimate(means, variances, sizes):
-    """PreciseBN (Wu & Johnson 2021): population mean and unbiased variance of all the values.
-
-    Weighting each batch by its size n_b (so each *sample* counts once), with N = sum n_b:
-    mu = E[mu_B], var = E[mu_B^2 + var_B] - E[mu_B]^2, times N/(N-1). On disjoint batches that
-    cover a data set this is exactly the (unbiased) variance of the whole data set.
-    """
-    w = torch.as_tensor(sizes, dtype=torch.float64)
-    if (w < 1).any() or w.sum() < 2:
-        raise ValueError(f"batch sizes must be >= 1 and sum to >= 2, got {list(sizes)}")
-    w = w[:, None] / w.sum()
-    mu_b, var_b = torch.stack(list(means)), torch.stack(list(variances))
-    mean = (w * mu_b).sum(0)
-    n = float(sum(sizes))
-    return mean, ((w * (mu_b ** 2 + var_b)).sum(0) - mean ** 2) * n / (n - 1)
-
-
-def train_mode_moments(model, x):
-    """Per hidden layer, ``(mean, biased var)`` of its pre-normalization input on batch ``x``,
-    with the model in training mode (every layer normalized by batch statistics)."""
-    taps = []
-    with torch.no_grad():
-        model.forward(x, taps=taps)
-    return [batch_moments(h) for h, _ in taps]
-
-
-def precise_bn(model, x, batch_size, generator=None, num_batches=None):
-    """Population statistics per hidden layer from ``num_batches`` batches of ``x`` (all of
-    ``x`` if None), pooled with ``pooled_estimate``: a list of ``(mean, unbiased var)``."""
-    n = len(x)
-    count = n // batch_size if num_batches is None else num_batches
-    per_layer = None
-    for idx in batches(n, batch_size, count, generator):
-        moments = train_mode_moments(model, x[idx])
-        per_layer = [[] for _ in moments] if per_layer is None else per_layer
-        for acc, mv in zip(per_layer, moments):
-            acc.append(mv)
-    return [pooled_estimate([m for m, _ in acc], [v for _, v in acc], [batch_size] * len(acc))
-            for acc in per_layer]
 
 
 class EMA:
@@ -110,27 +65,8 @@ class EMA:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation
+# Training
 # ---------------------------------------------------------------------------------------------
-
-def _as_dtype(stats):
-    return [(m.float(), v.float()) for m, v in stats]
-
-
-@torch.no_grad()
-def accuracy(model, x, y, stats=None, batch_size=None):
-    """Accuracy on ``(x, y)`` in its given order.
-
-    stats: per-layer population (mean, var) to normalize with; None with ``batch_size`` uses
-    each consecutive batch's own statistics (mini-batch statistics at inference).
-    """
-    if stats is not None:
-        return float((model.forward(x, stats=_as_dtype(stats)).argmax(1) == y).float().mean())
-    size = len(x) if batch_size is None else batch_size
-    hits = sum(int((model.forward(x[i:i + size]).argmax(1) == y[i:i + size]).sum())
-               for i in range(0, len(x), size))
-    return hits / len(x)
-
 
 def _train(model, data, steps, lr, batch, gen, on_step=None, progress=True, desc="train"):
     """SGD on ``data``'s training set; ``lr(step)``; ``on_step(step, taps)`` after each step."""
@@ -151,9 +87,12 @@ def _train(model, data, steps, lr, batch, gen, on_step=None, progress=True, desc
 # R1, R2, R3
 # ---------------------------------------------------------------------------------------------
 
-def config(fast=True):
-    """Fast mode shortens R1 and R3 (papers.md's 1500 steps) and drops G = 16 from R3's sweep;
-    the criteria held across seeds in both modes."""
+SCALE_KEYS = ("r1", "r2", "r3")
+
+
+def config(fast=True, seed=0, **overrides):
+    """Fast mode shortens R1 and R3 and drops G = 16 and 64 from R3's sweep; ``overrides``
+    replace any top-level setting."""
     return {
         "r1": {"depth": 6, "width": 100, "batch": 128, "lr_high": 1.0, "lr_low": 0.1,
                "high_steps": 800 if fast else 3600, "low_steps": 200 if fast else 900,
@@ -164,6 +103,7 @@ def config(fast=True):
         "r3": {"depth": 6, "width": 100, "batch": 128, "lr": 0.1, "steps": 1000 if fast else 4500,
                "decay_at": 0.8, "groups": [2, 4, 8, 32, 128] if fast
                else [2, 4, 8, 16, 32, 64, 128]},
+        "seed": seed, "fast": fast, **overrides,
     }
 
 
@@ -254,9 +194,9 @@ def run_r3(data, cfg, seed, progress=True):
     return results
 
 
-def run(fast=True, seed=0, progress=True):
+def run(cfg, progress=True):
     """R1-R3 on one data split; returns a Result with claims R1a, R1b, R2, R3a, R3b."""
-    cfg = config(fast)
+    seed = cfg["seed"]
     torch.manual_seed(seed)
     data = load_data(seed)
     curves, summary = {}, {}
@@ -277,8 +217,9 @@ def run(fast=True, seed=0, progress=True):
     for key in ("train_batch", "train_pop", "val_batch", "val_pop"):
         groups = cfg["r3"]["groups"]
         curves[f"r3/{key}"] = {"x": groups, "y": [r3[str(g)][key] for g in groups]}
-    return Result("population_stats", {**cfg, "seed": seed, "fast": fast}, curves, summary,
-                  claims(summary, cfg))
+    result = Result("population_stats", cfg, curves, summary)
+    result.claims = claims(result)
+    return result
 
 
 def r3_gaps(summary, groups):
@@ -288,61 +229,72 @@ def r3_gaps(summary, groups):
             for g in groups if g >= 4}
 
 
-def claims(summary, cfg):
-    s = summary
+def claims(result):
+    """R1a, R1b, R2, R3a, R3b (asserted) and R1c, R3c (reported): docs/reproductions.md."""
+    s, cfg = result.summary, result.config
+    asserted = unasserted_if_changed(cfg, config(cfg["fast"], cfg["seed"]), SCALE_KEYS)
     lams = cfg["r1"]["ema"]
     means = {k: s[f"r1/{k}/high_lr_mean"] for k in ["exact", "precise", "batch"]
              + [f"ema_{lam}" for lam in lams]}
-    gap_mean = abs(means["precise"] - means["exact"])
     worst_ema = f"ema_{max(lams)}"
     gaps = r3_gaps(s, cfg["r3"]["groups"])
     gs = sorted(gaps)
     # "monotonically": each larger G has a smaller gap, up to half a point of evaluation noise
-    monotone = all(gaps[b] <= gaps[a] + 0.005 for a, b in zip(gs, gs[1:]))
+    rise = max(gaps[b] - gaps[a] for a, b in zip(gs, gs[1:]))
     ln_val, g2_val = s["r3/ln/val_pop"], s["r3/2/val_pop"]
     return [
-        Claim("PreciseBN (10^3 samples) gives the population statistics' accuracy",
+        claim("R1a", "PreciseBN (10^3 samples) gives the population statistics' accuracy",
               "Wu & Johnson 2021, Sec. 3",
               f"mean test accuracy over high-lr probes: PreciseBN {means['precise']:.3f}, exact "
               f"{means['exact']:.3f}; worst single probe gap "
               f"{s['r1/precise_vs_exact_max_gap']:.3f}",
               "PreciseBN within 1 point of exact population stats (mean over high-lr probes)",
-              bool(gap_mean <= 0.01)),
-        Claim("EMA with a large lambda keeps stale statistics and loses accuracy",
+              [Check("|PreciseBN - exact| mean accuracy (points)",
+                     100 * abs(means["precise"] - means["exact"]), "<=", 1)], asserted),
+        claim("R1b", "EMA with a large lambda keeps stale statistics and loses accuracy",
               "Wu & Johnson 2021, Sec. 3",
               "mean test accuracy over high-lr probes: "
               + ", ".join(f"EMA {lam} {means[f'ema_{lam}']:.3f}" for lam in lams)
               + f", batch stats {means['batch']:.3f}",
               f"EMA({max(lams)}) >= 5 points below PreciseBN",
-              bool(means[worst_ema] <= means["precise"] - 0.05)),
-        Claim("EMA(0.9) is suboptimal at large batch",
+              [Check(f"PreciseBN - EMA({max(lams)}) mean accuracy (points)",
+                     100 * (means["precise"] - means[worst_ema]), ">=", 5)], asserted),
+        claim("R1c", "EMA(0.9) is suboptimal at large batch",
               "Wu & Johnson 2021, Sec. 3 (ImageNet, batch 8192)",
               f"EMA 0.9 {means['ema_0.9']:.3f} vs PreciseBN {means['precise']:.3f}",
-              "not asserted: needs large-batch ImageNet dynamics (shared/papers.md §9)", None),
-        Claim("Batch statistics on non-i.i.d. evaluation batches break a BN model",
+              "EMA(0.9) >= 1 point below PreciseBN",
+              [Check("PreciseBN - EMA(0.9) mean accuracy (points)",
+                     100 * (means["precise"] - means["ema_0.9"]), ">=", 1)],
+              "reported, not asserted: needs large-batch ImageNet dynamics"),
+        claim("R2", "Batch statistics on non-i.i.d. evaluation batches break a BN model",
               "Wu & Johnson 2021, Sec. 6; Ioffe & Szegedy 2015, Sec. 3.1",
               f"test accuracy: class-sorted batches of {cfg['r2']['eval_batch']} with batch "
               f"stats {s['r2/sorted_batch']:.3f}, shuffled {s['r2/shuffled_batch']:.3f}, "
               f"population stats {s['r2/population']:.3f}",
               "sorted batch-stat accuracy < 0.5 and population-stat accuracy >= 0.9",
-              bool(s["r2/sorted_batch"] < 0.5 and s["r2/population"] >= 0.9)),
-        Claim("The smaller the normalization batch, the larger the train-test inconsistency",
+              [Check("sorted-batch accuracy with batch stats", s["r2/sorted_batch"], "<", 0.5),
+               Check("accuracy with population stats", s["r2/population"], ">=", 0.9)], asserted),
+        claim("R3a", "The smaller the normalization batch, the larger the train-test inconsistency",
               "Wu & Johnson 2021, Sec. 4",
               "train error, mini-batch minus population stats: "
               + ", ".join(f"G={g} {gaps[g]:+.3f}" for g in gs),
-              "the gap shrinks monotonically with G (0.5-point tolerance)", bool(monotone)),
-        Claim("BN over 2 samples collapses; LayerNorm does not depend on the batch",
+              "the gap shrinks monotonically with G (0.5-point tolerance)",
+              [Check("largest rise of the gap from one G to the next (points)", 100 * rise,
+                     "<=", 0.5)], asserted),
+        claim("R3b", "BN over 2 samples collapses; LayerNorm does not depend on the batch",
               "Wu & Johnson 2021, Sec. 4; Wu & He 2018",
               f"val error with population stats: G=2 {g2_val:.3f}, LayerNorm {ln_val:.3f}",
-              "G=2 val error > 3x LayerNorm's", bool(g2_val > 3 * ln_val)),
-        Claim("At small normalization batches, mini-batch statistics beat population statistics "
-              "at inference",
-              "Wu & Johnson 2021, Sec. 4",
+              "G=2 val error > 3x LayerNorm's",
+              [Check("G=2 / LayerNorm val error", ratio(g2_val, ln_val), ">", 3)], asserted),
+        claim("R3c", "At small normalization batches, mini-batch statistics beat population "
+              "statistics at inference", "Wu & Johnson 2021, Sec. 4",
               "val error mini-batch / population stats: "
               + ", ".join(f"G={g} {s[f'r3/{g}/val_batch']:.3f}/{s[f'r3/{g}/val_pop']:.3f}"
                           for g in cfg["r3"]["groups"]),
-              "not asserted: population stats won at every G in this MLP (shared/papers.md)",
-              None),
+              "at G=4 mini-batch val error < population val error",
+              [Check("G=4 val error, population - mini-batch stats (points)",
+                     100 * (s["r3/4/val_pop"] - s["r3/4/val_batch"]), ">", 0)],
+              "reported, not asserted: population stats won at every G in this MLP"),
     ]
 
 

@@ -41,7 +41,7 @@ def render(results, figures, notes=None):
         "",
         f"Generated {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} "
         f"({os.cpu_count()} CPUs), Python {platform.python_version()}; "
-        f"mode: {', '.join(modes) or 'none'}. Criteria and the papers' setups: shared/papers.md.",
+        f"mode: {', '.join(modes) or 'none'}. Criteria, their calibration and the papers' setups: docs/reproductions.md.",
         "",
         "## Claims",
         "",

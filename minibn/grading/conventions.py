@@ -17,6 +17,9 @@ _GRADE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # nbformat's generated ids (uuid4().hex[:8], or a whole uuid) change on every rebuild.
 _RANDOM_ID = re.compile(r"^[0-9a-f]{8}$|^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$")
 _HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*### END HIDDEN TESTS[^\n]*\n?", re.M | re.S)
+_SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION.*?### END SOLUTION", re.S)
+# A prompt: "**Question.**", "**Question 2 (1 point).**", or a line starting "Question ...".
+PROMPT = re.compile(r"\*\*\s*Question\b|^[ \t>#]*Question\b", re.M)
 
 
 def problems(nb):
@@ -30,6 +33,8 @@ def problems(nb):
     out += _outputs(nb)
     out += _nbgrader_metadata(nb)
     out += _exercises(nb)
+    out += _prompts(nb)
+    out += question_before_every_answer(nb)
     out += _setup_cell(nb)
     out += _no_reference_imports(nb)
     return out
@@ -118,6 +123,49 @@ def _exercises(nb):
     return out
 
 
+def cleared_by_release(cell):
+    """The part of a solution or answer cell that nbgrader's release replaces with a stub.
+
+    nbgrader replaces a ``### BEGIN SOLUTION`` / ``### END SOLUTION`` region when the cell has
+    one, and otherwise the whole cell (a markdown answer becomes "YOUR ANSWER HERE").
+    """
+    if not (nbs.is_solution(cell) or nbs.is_manual(cell)):
+        return ""
+    regions = _SOLUTION_REGION.findall(cell.source)
+    return "\n".join(regions) if regions else cell.source
+
+
+def _prompts(nb):
+    """No question text inside what the release clears: the learner would never see it."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        found = PROMPT.search(cleared_by_release(cell))
+        if found:
+            kind = "answer cell" if nbs.is_manual(cell) else "solution region"
+            out.append(f"{_name(i, cell)}: the prompt {found.group(0).strip()!r} sits inside the "
+                       f"{kind}, which the release replaces with a stub; move the question into "
+                       "a markdown cell before it")
+    return out
+
+
+def question_before_every_answer(nb):
+    """Every manually graded answer cell follows a visible markdown cell that asks the question.
+
+    Holds for a solution notebook and, unchanged, for its released copy (the question cell is an
+    ordinary markdown cell, which the release leaves alone).
+    """
+    out = []
+    for i, cell in enumerate(nb.cells):
+        if not nbs.is_manual(cell):
+            continue
+        before = nb.cells[i - 1] if i else None
+        if (before is None or before.cell_type != "markdown" or nbs.is_manual(before)
+                or not PROMPT.search(before.source)):
+            out.append(f"{_name(i, cell)}: answer cell without its question: the cell before it "
+                       "must be an ordinary markdown cell with a '**Question ...**' prompt")
+    return out
+
+
 def _trailing_value(source):
     try:
         tree = ast.parse(nbs.python_source(source))
@@ -136,10 +184,58 @@ def _trailing_value(source):
 
 
 def _setup_cell(nb):
+    """The first code cell seeds everything before anything else runs, torch included if used.
+
+    ``setup()`` must be its first statement after imports (nothing random may run unseeded), and
+    a lesson that imports torch at the top level of any cell must say ``setup(torch=True)``:
+    seeding torch is explicit, not a side effect of having imported it first.
+    """
     code = [c for c in nb.cells if c.cell_type == "code"]
-    if not code or "from minibn.course import setup" not in code[0].source or "setup(" not in code[0].source:
-        return ["the first code cell must be `from minibn.course import setup` / `FAST = setup()`"]
+    missing = ["the first code cell must be `from minibn.course import setup` / `FAST = setup()`"]
+    if not code:
+        return missing
+    try:
+        body = ast.parse(nbs.python_source(code[0].source)).body
+    except SyntaxError:
+        return missing
+    if not any(isinstance(n, ast.ImportFrom) and n.module == "minibn.course"
+               and any(a.name == "setup" and a.asname is None for a in n.names) for n in body):
+        return missing
+    call = None
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        value = node.value if isinstance(node, (ast.Assign, ast.Expr)) else None
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "setup":
+            call = value
+        break
+    where = _name(nb.cells.index(code[0]), code[0])
+    if call is None:
+        return [f"{where}: `FAST = setup(...)` must be the first statement after the imports, so "
+                "nothing draws random numbers before the seeds are set"]
+    torch_flag = next((k.value for k in call.keywords if k.arg == "torch"), None)
+    wants_torch = isinstance(torch_flag, ast.Constant) and torch_flag.value is True
+    if _imports_torch(nb) and not wants_torch:
+        return [f"{where}: this lesson imports torch, so its setup must seed it: "
+                "`FAST = setup(torch=True)`"]
     return []
+
+
+def _imports_torch(nb):
+    """Whether a code cell imports torch at its top level (not inside a function or a try)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            body = ast.parse(nbs.python_source(cell.source)).body
+        except SyntaxError:
+            continue
+        for node in body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "torch" for n in names):
+                return True
+    return False
 
 
 def learner_functions(nb):

@@ -14,15 +14,20 @@ folder so that nothing half-done reaches the course:
    copies ``autograded/`` and ``feedback/`` into the course and writes ``grades.csv``
    (student, assignment, score, max_score, flags, kernel_score, needs_manual_grade).
 
-Hidden cases are drawn from an HMAC of a secret and the student id: ``MINIBN_GRADING_SECRET``, or
-else a secret created once in ``<course>/.minibn-grading-secret``. Re-running gives the same grades.
-Extra submitted files that could shadow a module (``numpy.py``, ``minibn/``) are not given to the
-grader, and are flagged.
+Every process that runs learner code (nbgrader's kernel, the re-grade's learner side) runs in a
+bubblewrap sandbox (``sandbox``); grading refuses to start without one unless
+``unsafe_no_sandbox`` is set, and then every grade row says so. Hidden cases are drawn from an
+HMAC of a secret and the student id: ``MINIBN_GRADING_SECRET``, or else a secret created once in
+``<course>/.minibn-grading-secret`` (mode 0600). Only the re-grade's grader process holds it;
+neither nbgrader nor any sandbox does. Re-running gives the same grades. Extra submitted files
+that could shadow a module (``numpy.py``, ``minibn/``) are not given to the grader, and are flagged.
 """
 from __future__ import annotations
 
 import csv
 import os
+import re
+import sys
 import secrets
 import shutil
 import stat
@@ -31,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minibn.grading import conventions, gradebook, integrity, nbgrader_cli
+from minibn.grading import conventions, gradebook, integrity, nbgrader_cli, sandbox, similarity
 from minibn.grading import notebooks as nbs
 from minibn.grading import regrade as rg
 
@@ -51,6 +56,12 @@ c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPrep
                                        CapOutputs, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, HideTestTracebacks, CapOutputs,
                                     CSSHTMLHeaderPreprocessor]
+'''
+# nbgrader's kernel in the sandbox: it has no network, so it talks to nbgrader over Unix sockets.
+_CONFIG_SANDBOX = '''
+c.Execute.kernel_name = {kernel!r}
+c.Execute.startup_timeout = 180  # a sandboxed kernel on two busy cores can take a while to start
+c.KernelManager.transport = "ipc"
 '''
 
 
@@ -94,23 +105,40 @@ def grading_secret(course):
     if secret:
         return secret
     path = Path(course) / SECRET_FILE
-    if not path.exists():
-        path.write_text(secrets.token_hex(32) + "\n")
-        path.chmod(0o600)
+    try:  # created 0600 from the start, never readable by others even for a moment
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
     return path.read_text().strip()
 
 
 def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0, secret=None, fast=True,
-          csv_path=None, log=print):
-    """Grade every submission in ``course``; returns the list of ``Submission`` results."""
+          csv_path=None, log=print, unsafe_no_sandbox=False, self_check_students=(), similarity_threshold=0.8):
+    """Grade every submission in ``course``; returns the list of ``Submission`` results.
+
+    Raises ``sandbox.SandboxUnavailable`` (saying how to install bubblewrap) when no sandbox can
+    be built, unless ``unsafe_no_sandbox``. ``self_check_students``: students whose submission
+    is the instructor's own notebook (a self-check), for whom an exact copy of the solution is
+    expected and not zeroed. ``similarity.csv`` (next to ``grades.csv``) lists, per submission,
+    the most similar other submission or source, for review where it reaches ``similarity_threshold``.
+    """
     course = Path(course).resolve()
     pairs = find_submissions(course, assignments, students)
     if not pairs:
         log(f"no submissions under {course / 'submitted'}")
         return []
+    sandboxed = not unsafe_no_sandbox
+    if sandboxed:
+        sandbox.probe()
+    else:
+        log("WARNING: " + sandbox.UNSAFE_WARNING)
     secret = secret or grading_secret(course)
-    env = nbgrader_cli.nbgrader_env({"MINIBN_GRADING_SECRET": secret, "PYTHONDONTWRITEBYTECODE": "1"})
-    env.pop("MINIBN_STUDENT_ID", None)
+    env = nbgrader_cli.nbgrader_env({"PYTHONDONTWRITEBYTECODE": "1"})
+    for key in [k for k in env if "SECRET" in k.upper() or k == "MINIBN_STUDENT_ID"]:
+        del env[key]  # nbgrader and its kernels never see the secret
+    verdict_env = {**env, "MINIBN_GRADING_SECRET": secret}
     if fast:
         env.update({"MINIBN_FAST": "1", "MINIBN_STATIC": "1", "MPLBACKEND": "Agg"})
     students = sorted({s for s, _ in pairs})
@@ -118,12 +146,18 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
     with tempfile.TemporaryDirectory(prefix="minibn-grade-") as work:
         work = Path(work)
         env["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
-        base = _prepare_base(course, work / "base", sorted({a for _, a in pairs}), timeout, env)
+        if sandboxed:
+            sandbox.write_kernelspec(work / "jupyter", env_extra={k: env[k] for k in ("MINIBN_FAST", "MINIBN_STATIC")
+                                                                   if k in env})
+            env["JUPYTER_PATH"] = str(work / "jupyter") + os.pathsep + env.get("JUPYTER_PATH", "")
+        base = _prepare_base(course, work / "base", sorted({a for _, a in pairs}), timeout, env, sandboxed)
+        grading = {"env": env, "verdict_env": verdict_env, "timeout": timeout, "sandboxed": sandboxed,
+                   "self_check": set(self_check_students), "progress": _Progress(len(pairs), log)}
         shards = [[p for p in pairs if p[0] in students[k::workers]] for k in range(workers)]
         log(f"grading {len(pairs)} submission(s) of {len(students)} student(s) with {workers} worker(s)")
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda k: _grade_shard(course, base, work / f"shard-{k}", shards[k],
-                                                           timeout, env), range(workers)))
+            results = list(pool.map(lambda k: _grade_shard(course, base, work / f"shard-{k}", shards[k], grading),
+                                    range(workers)))
         merged = work / "gradebook.db"
         shutil.copy(base / "gradebook.db", merged)
         for k, shard in enumerate(shards):
@@ -133,11 +167,17 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
                     _replace_tree(work / f"shard-{k}" / step / student / assignment,
                                   course / step / student / assignment)
         os.replace(merged, course / "gradebook.db")
+        csv_path = Path(csv_path) if csv_path else course / "grades.csv"
+        best = {}
+        for assignment in sorted({a for _, a in pairs}):
+            best.update(_similarity(course, base, assignment, [p for p in pairs if p[1] == assignment]))
+        flagged = similarity.write_report(csv_path.with_name("similarity.csv"), best, similarity_threshold)
+        log(f"similarity: {flagged} submission(s) at or above {similarity_threshold:g}, for review, in "
+            f"{csv_path.with_name('similarity.csv')}")
     subs = [s for shard in results for s in shard]
     for sub in subs:
         _totals(sub, course / "gradebook.db")
     subs.sort(key=lambda s: (s.assignment, s.student))
-    csv_path = Path(csv_path) if csv_path else course / "grades.csv"
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()
@@ -147,10 +187,31 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
     return subs
 
 
-def _prepare_base(course, base, assignments, timeout, env):
+class _Progress:
+    """One line per graded submission: count, bar, elapsed time and an ETA (thread-safe)."""
+
+    def __init__(self, total, log):
+        import threading
+        import time
+
+        self.total, self.log, self.done, self.start = total, log, 0, time.monotonic()
+        self.lock, self.clock = threading.Lock(), time.monotonic
+
+    def step(self, what):
+        with self.lock:
+            self.done += 1
+            elapsed = self.clock() - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            bar = "#" * (20 * self.done // self.total)
+            self.log(f"[{bar:<20}] {self.done}/{self.total} graded ({what}), {elapsed:.0f} s, ETA {eta:.0f} s")
+
+
+def _prepare_base(course, base, assignments, timeout, env, sandboxed):
     base.mkdir(parents=True)
-    (base / "nbgrader_config.py").write_text(
-        (course / "nbgrader_config.py").read_text() + _CONFIG_EXTRA.format(timeout=float(timeout)))
+    extra = _CONFIG_EXTRA.format(timeout=float(timeout))
+    if sandboxed:
+        extra += _CONFIG_SANDBOX.format(kernel=sandbox.KERNEL_NAME)
+    (base / "nbgrader_config.py").write_text((course / "nbgrader_config.py").read_text() + extra)
     for a in assignments:
         if not (course / "solutions" / a).is_dir():
             raise FileNotFoundError(f"submissions for {a!r} but no solutions/{a}/ to grade them against")
@@ -162,11 +223,16 @@ def _prepare_base(course, base, assignments, timeout, env):
     return base
 
 
-def _grade_shard(course, base, root, pairs, timeout, env):
+def _grade_shard(course, base, root, pairs, grading):
     if not pairs:
         return []
     root.mkdir()
+    env = dict(grading["env"])
     shutil.copy(base / "nbgrader_config.py", root / "nbgrader_config.py")
+    if grading["sandboxed"]:  # this shard's kernels (one at a time) put their sockets here, and only here
+        (root / "sockets").mkdir()
+        with open(root / "nbgrader_config.py", "a") as fh:
+            fh.write(f"c.KernelManager.ip = {str(root / 'sockets' / 'kernel')!r}\n")
     shutil.copy(base / "gradebook.db", root / "gradebook.db")
     (root / "solutions").symlink_to(base / "solutions", target_is_directory=True)
     for student, assignment in pairs:
@@ -182,15 +248,61 @@ def _grade_shard(course, base, root, pairs, timeout, env):
     for student, assignment in pairs:
         sub = Submission(student, assignment)
         if not (root / "autograded" / student / assignment).is_dir():
-            why = [line.split("] ", 1)[-1] for line in log.splitlines()
-                   if "ERROR" in line and f"'{student}'" in line]
+            why = _autograde_error(log, student)
             sub.flags.append(integrity.flag("autograde-error", "nbgrader could not grade this submission"
-                                            + (f" ({why[0]})" if why else "") + "; score from the re-grade"))
+                                            + (f" ({why})" if why else "") + "; score from the re-grade"))
         for source_path in nbs.notebooks_in(base / "solutions" / assignment):
-            _regrade_notebook(sub, course, base, root, source_path, timeout, env)
+            _regrade_notebook(sub, course, base, root, source_path, grading)
+        if not grading["sandboxed"]:
+            sub.flags.append(integrity.flag("unsafe", sandbox.UNSAFE_WARNING))
         results.append(sub)
+        grading["progress"].step(f"{student}/{assignment}")
     nbgrader_cli.run(["generate_feedback", "*", "--force"], root, env=env, check=False)
     return results
+
+
+def _learners_code(source_nb, nb):
+    pairs = nbs.match_cells(source_nb, nb)
+    return "\n".join(c.source for i, c in enumerate(nb.cells) if c.cell_type == "code" and not nbs.is_test(c)
+                     and (pairs[i] is None or nbs.is_solution(pairs[i])))
+
+
+def _similarity(course, base, assignment, pairs):
+    """Winnowing similarity of the learners' own code for one lesson (see ``similarity``)."""
+    import inspect
+
+    import minibn.functional  # noqa: F401  (the reference of lessons 01-03; others if already loaded)
+
+    entries, sources, boilerplate = {}, {}, []
+    for source_path in nbs.notebooks_in(base / "solutions" / assignment):
+        source_nb = nbs.read(source_path)
+        released = nbs.read(base / "lessons" / assignment / source_path.name)
+        boilerplate.append(_learners_code(source_nb, released))
+        sources[f"instructor's solution {source_path.name}"] = _learners_code(source_nb, source_nb)
+        for name in conventions.learner_functions(source_nb):
+            for mod in (m for n, m in list(sys.modules.items()) if n.startswith("minibn.") and m is not None
+                        and not n.startswith(("minibn.checks", "minibn.grading", "minibn.widgets"))):
+                fn = vars(mod).get(name)
+                if inspect.isfunction(fn) and fn.__module__ == mod.__name__:
+                    sources[f"minibn {mod.__name__}.{name}"] = inspect.getsource(fn)
+        for student, _ in pairs:
+            path = course / "submitted" / student / assignment / source_path.name
+            try:
+                entries[(student, assignment)] = entries.get((student, assignment), "") + _learners_code(
+                    source_nb, nbs.read(path))
+            except Exception:  # missing or unreadable: flagged elsewhere
+                continue
+    return similarity.compare(entries, sources, "\n".join(boilerplate))
+
+
+def _autograde_error(log, student):
+    """nbgrader's reason for failing ``student``: its error line, and the exception under it."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if "ERROR" in line and f"'{student}'" in line:
+            cause = next((x.strip() for x in lines[i + 1:i + 80] if re.match(r"^\s*[\w.]+(Error|Exception|Interrupt)\b", x)), "")
+            return line.split("] ", 1)[-1] + (f": {cause[:300]}" if cause else "")
+    return ""
 
 
 def _repair_grade_ids(path, source_path):
@@ -216,7 +328,7 @@ def _repair_grade_ids(path, source_path):
         path.write_text(nbs.dumps(nb))
 
 
-def _regrade_notebook(sub, course, base, root, source_path, timeout, env):
+def _regrade_notebook(sub, course, base, root, source_path, grading):
     name = source_path.stem
     submitted_path = course / "submitted" / sub.student / sub.assignment / source_path.name
     source_nb = nbs.read(source_path)
@@ -234,8 +346,9 @@ def _regrade_notebook(sub, course, base, root, source_path, timeout, env):
     static_flags, zeroed = integrity.scan_submission(source_nb, submitted_nb, learner)
     sub.flags += static_flags
     result = rg.regrade(rg.build_plan(source_nb, submitted_nb, learner), student=sub.student,
-                        env=env, cell_timeout=timeout)
-    sub.flags += result["flags"]
+                        env=grading["verdict_env"], cell_timeout=grading["timeout"], sandboxed=grading["sandboxed"],
+                        self_check=sub.student in grading["self_check"])
+    sub.flags += [f for f in result["flags"] if f["kind"] != "unsafe"]
     kernel = gradebook.cell_grades(root / "gradebook.db", sub.student, sub.assignment)
     final = {}
     for test in (c for c in source_nb.cells if nbs.is_test(c)):

@@ -137,9 +137,7 @@ def defined_functions(source):
 
 def scan_submission(source_nb, submitted_nb, learner_functions):
     """Flags for the learner's code, and the learner functions whose exercise scores 0."""
-    from minibn.grading.regrade import match_cells
-
-    pairs = match_cells(source_nb, submitted_nb)
+    pairs = nbs.match_cells(source_nb, submitted_nb)
     flags, zeroed = [], set()
     for i, cell in enumerate(submitted_nb.cells):
         src = pairs[i]

@@ -96,3 +96,17 @@ def notebooks_under(root):
 def notebooks_in(folder):
     """The notebooks directly inside ``folder``, sorted."""
     return sorted(Path(folder).glob("*.ipynb"))
+
+
+def match_cells(source_nb, submitted_nb):
+    """Pair the submitted cells with the lesson's: by nbgrader grade_id, else by cell id.
+
+    Returns ``{index in submitted: source cell or None}`` for every submitted cell.
+    """
+    by_gid = {grade_id(c): c for c in source_nb.cells if grade_id(c)}
+    by_id = {c.get("id"): c for c in source_nb.cells if c.get("id")}
+    pairs = {}
+    for i, cell in enumerate(submitted_nb.cells):
+        src = by_gid.get(grade_id(cell)) if grade_id(cell) else None
+        pairs[i] = src if src is not None else by_id.get(cell.get("id"))
+    return pairs

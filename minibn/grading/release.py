@@ -66,10 +66,11 @@ def drift(course_root, generated=None):
     return drifted
 
 
-def release(course_root, only=(), log=print):
+def release(course_root, only=(), log=print, warn=None):
     """Write the generated lessons, backing up any lesson file edited since the last release.
 
-    ``only``: lesson names (``01-normalize``) to refresh; empty means every lesson.
+    ``only``: lesson names (``01-normalize``) to refresh; empty means every lesson. ``log(text)``
+    gets progress lines and ``warn(text)`` (default: ``log``) the backup warnings.
     Returns the list of backups made (paths).
     """
     lessons = Path(course_root) / "lessons"
@@ -87,8 +88,8 @@ def release(course_root, only=(), log=print):
             current = target.read_bytes()
             if current != data and nbs.sha256(current) != manifest.get(rel):
                 backups.append(_backup(target))
-                log(f"WARNING: {target} was edited since it was generated; your version is saved "
-                    f"as {backups[-1]}", file=sys.stderr)
+                (warn or log)(f"WARNING: {target} was edited since it was generated; your version is saved "
+                              f"as {backups[-1]}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.is_file() or target.read_bytes() != data:
             target.write_bytes(data)
@@ -154,7 +155,7 @@ def main(argv=None):
         print("lessons/ matches solutions/")
         return 0
     try:
-        release(course, only=args.lessons)
+        release(course, only=args.lessons, warn=lambda message: print(message, file=sys.stderr))
     except ValueError as err:
         parser.error(str(err))
     return 0

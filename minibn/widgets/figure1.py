@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minibn.experiments.common import MLP, Linear, make_rng, softmax_cross_entropy, train
+from minibn.experiments.numpy_mlp import MLP, Linear, make_rng, softmax_cross_entropy
+from minibn.experiments.numpy_train import train
 from minibn.widgets import explore
 
 __all__ = ["activations_at_init", "init_scale_explorer", "learning_rate_explorer", "loss_curves"]

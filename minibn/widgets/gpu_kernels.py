@@ -1,11 +1,13 @@
 """Explorer for lesson 06: how block size, registers and the grid split decide how much of a GPU
-a BatchNorm statistics kernel can keep busy (H100: 132 SMs, 64 resident warps per SM)."""
+a BatchNorm statistics kernel can keep busy (an H100: 132 SMs, 64 resident warps per SM)."""
 from __future__ import annotations
 
+from minibn.cuda.device import H100_SM_COUNT
 from minibn.cuda.nvrtc import ARCHS, occupancy
 from minibn.widgets import explore
 
-SMS = 132
+# The figure explains an H100, whatever machine draws it.
+SMS = H100_SM_COUNT
 
 
 def busy_sms(channels, splits, blocks_per_sm, sms=SMS):
@@ -14,9 +16,25 @@ def busy_sms(channels, splits, blocks_per_sm, sms=SMS):
     return min(sms, blocks), blocks / (blocks_per_sm * sms)
 
 
+def step_blocks(channels, block=256, batch=256, hw=56 * 56, sms=SMS):
+    """``{step: blocks}`` of each CUDA C step's statistics launch (its first kernel) at
+    ``batch x channels x hw``, from the progression's own launch table."""
+    from minibn.cuda.progression import STEPS
+
+    found = {}
+    for step in STEPS:
+        if "stats" not in step.modes:
+            continue
+        first = step.launch(batch, channels, hw, block=block, mode="stats", sm_count=sms).launches[0]
+        grid = first.grid + (1,) * (3 - len(first.grid))
+        found[step.key] = grid[0] * grid[1] * grid[2]
+    return found
+
+
 def draw_occupancy(block=256, registers=40, channels=64, splits=1, arch="sm_90"):
     """Left: resident warps per SM against the block size at this register count. Right: how many
-    of the 132 SMs a grid of ``channels * splits`` blocks keeps busy as the split grows."""
+    of the 132 SMs a grid of ``channels * splits`` blocks keeps busy as the split grows, with
+    where each step of the progression stands."""
     import matplotlib.pyplot as plt
 
     max_warps = ARCHS[arch].max_warps
@@ -38,9 +56,15 @@ def draw_occupancy(block=256, registers=40, channels=64, splits=1, arch="sm_90")
     now, waves = busy_sms(channels, splits, blocks_per_sm)
     right.scatter([splits], [now], color="tab:red", zorder=3,
                   label=f"S={splits}: {channels * splits} blocks, {now}/{SMS} SMs busy, {waves:.2f} waves")
+    steps = step_blocks(channels, block)
+    for key, blocks in steps.items():
+        if key in ("K1", "K3"):  # K1/K2 and K3-K5 share a grid: one marker each
+            s = max(1, blocks // channels)
+            right.annotate(f"{key}{'-K2' if key == 'K1' else '-K5'}", (s, min(SMS, blocks)), fontsize=8,
+                           textcoords="offset points", xytext=(4, -10), color="grey")
     right.axhline(SMS, color="grey", lw=0.8, ls="--")
     right.set(xlabel="blocks per channel S (grid split)", ylabel="SMs with work", ylim=(0, SMS * 1.1),
-              title=f"C = {channels} channels")
+              title=f"C = {channels} channels (steps at 256x{channels}x56x56)")
     right.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     plt.show()

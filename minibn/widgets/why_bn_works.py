@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minibn.experiments.e2_noisy_bn import LABELS, MLP, batches, sgd_step
+from minibn.experiments.torch_mlp import LABELS, MLP
+from minibn.experiments.torch_train import batches, sgd_step
 from minibn.widgets import explore
 
 

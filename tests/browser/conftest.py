@@ -5,7 +5,8 @@ must not write outputs into committed notebooks or a learner's lessons/): ``STAR
 ``nbgrader_config.py``, ``solutions/<lesson>/`` for every lesson plus the harness's own demo lesson,
 and ``lessons/<lesson>/`` generated from them by ``minibn.grading.release``, as ``make lessons`` does.
 Kernels get ``MINIBN_FAST=1`` so Run All stays quick; ``MINIBN_STATIC`` is unset so explorers are
-live widgets.
+live widgets. ``plain_lab`` is a second server without ``MINIBN_FAST``, as a learner's ``make lab``
+runs, for the Validate button at the size a learner meets it.
 """
 from __future__ import annotations
 
@@ -57,6 +58,17 @@ def course(tmp_path_factory):
 def lab(course, tmp_path_factory):
     server = LabServer(course, tmp_path_factory.mktemp("jupyter"), open_file=START_PAGE,
                        env={"MINIBN_FAST": "1", "PATH": venv_env()["PATH"]})
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_lab(course, tmp_path_factory):
+    """A second server started the way a learner's `make lab` starts it: no MINIBN_FAST."""
+    server = LabServer(course, tmp_path_factory.mktemp("jupyter-plain"), open_file=START_PAGE,
+                       env={"MINIBN_FAST": None, "PATH": venv_env()["PATH"]})
+    assert "MINIBN_FAST" not in server.env
     server.start()
     yield server
     server.stop()

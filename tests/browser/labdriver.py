@@ -1,10 +1,10 @@
 """Drive JupyterLab in headless Debian Chromium: start a server, open a notebook, Run All, check it.
 
-The recipe and its race fixes are in shared/environment.md §3. In short: one ``jupyter lab`` on
-loopback with every Jupyter directory in a temp dir; one browser tab and one lab *workspace* per
-notebook (a shared workspace reopens the previous tab and toolbar clicks land on the wrong panel);
-"Run All" only once the status bar says Idle (the toolbar indicator turns idle before the kernel
-connection is usable).
+What this relies on, and the races it works around, are in docs/browser-tests.md. In short: one
+``jupyter lab`` on loopback with every Jupyter directory in a temp dir; one browser tab and one lab
+*workspace* per notebook (a shared workspace reopens the previous tab and toolbar clicks land on the
+wrong panel); "Run All" only once the status bar says Idle (the toolbar indicator turns idle before
+the kernel connection is usable).
 """
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ class LabServer:
                     "IPYTHONDIR": str(self.home / "ipython"),
                     "OMP_NUM_THREADS": "1",
                     **(env or {})}
+        # A None value removes a variable inherited from the test run (a plain `make lab` session).
+        self.env = {k: v for k, v in self.env.items() if v is not None}
         self.env.pop("MINIBN_STATIC", None)  # in a browser the explorers must be live widgets
         lab = Path(sys.executable).with_name("jupyter-lab")
         self.cmd = [str(lab), *( [open_file] if open_file else []), "--no-browser",
@@ -256,6 +258,18 @@ class NotebookPage:
         dialog.wait_for(timeout=timeout_s * 1000)
         text = dialog.inner_text()
         return text
+
+    def cells(self):
+        """Every cell of the open notebook as the learner sees it: kind, rendered text, position."""
+        return self.page.eval_on_selector_all(
+            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell",
+            """els => els.map(el => {
+                const box = el.getBoundingClientRect();
+                const shown = el.querySelector('.jp-MarkdownOutput') || el.querySelector('.jp-InputArea');
+                return {markdown: el.classList.contains('jp-MarkdownCell'),
+                        text: shown ? shown.innerText : '',
+                        top: box.top + window.scrollY, height: box.height};
+            })""")
 
     def close_dialog(self):
         self.page.keyboard.press("Escape")

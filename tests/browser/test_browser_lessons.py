@@ -2,8 +2,9 @@
 
 For each lesson in solutions/ (and the harness's own demo lesson): the solution runs top to bottom
 with Run All and shows no error output; every widget renders; every explorer responds (a control
-moved redraws its figure); nbgrader's Validate button says "Success" on it. The student copy,
-released by nbgrader, fails Validate untouched, naming the failing cell. Screenshots go to
+moved redraws its figure); nbgrader's Validate button says "Success" on it, also in a plain session
+started without MINIBN_FAST, as a learner's `make lab` is. The student copy, released by nbgrader,
+fails Validate untouched, naming the failing cell, and shows every question above its answer box. Screenshots go to
 build/screenshots/. Run alone with ``make browser``.
 """
 from __future__ import annotations
@@ -99,6 +100,53 @@ def test_untouched_student_copy_fails_validate(browser, lab, context, shots, les
         failing = first_test_cell_line(lab.root / path)
         assert failing in verdict, f"{lesson}: Validate does not name the first check cell {failing!r}:\n{verdict[:3000]}"
         assert "NotImplementedError" in verdict, verdict[:3000]
+        nb.close_dialog()
+    finally:
+        nb.close()
+
+
+def manual_answer_count(notebook_path):
+    nb = json.loads(notebook_path.read_text())
+    return sum(1 for c in nb["cells"] if c["cell_type"] == "markdown"
+               and c.get("metadata", {}).get("nbgrader", {}).get("grade")
+               and c["metadata"]["nbgrader"].get("solution"))
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_student_view_shows_every_question_above_its_answer_box(browser, lab, context, shots, lesson):
+    """The released lesson as a learner opens it: every answer box ("YOUR ANSWER HERE") has the
+    rendered text of its question right above it, on the page."""
+    path = f"lessons/{lesson}/{lesson}.ipynb"
+    nb = NotebookPage(context, lab, path, shots)
+    try:
+        cells = nb.cells()
+        boxes = [i for i, c in enumerate(cells) if c["markdown"] and "YOUR ANSWER HERE" in c["text"]]
+        assert len(boxes) == manual_answer_count(lab.root / path), (
+            f"{lesson}: {len(boxes)} answer boxes rendered, the notebook has "
+            f"{manual_answer_count(lab.root / path)}")
+        for i in boxes:
+            question = cells[i - 1] if i else None
+            assert question and question["markdown"] and "Question" in question["text"], (
+                f"{lesson}: answer box {i} has no question above it; the cell above shows "
+                f"{(question or {}).get('text', '')[:200]!r}")
+            assert question["height"] > 0 and question["top"] < cells[i]["top"], (
+                f"{lesson}: the question above answer box {i} is not visible above it")
+        if boxes:
+            nb.shot(f"{lesson}-student-view")
+    finally:
+        nb.close()
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_validate_in_a_plain_lab_session(browser, plain_lab, context, shots, lesson):
+    """Validate as a learner presses it in `make lab` (no MINIBN_FAST in the server): the worked
+    solution passes within nbgrader's per-cell time limit, because Validate runs the lesson at the
+    grader's size (NBGRADER_EXECUTION), not at the full size of the learner's own runs."""
+    nb = NotebookPage(context, plain_lab, f"solutions/{lesson}/{lesson}.ipynb", shots)
+    try:
+        verdict = nb.validate(VALIDATE_S)
+        nb.shot(f"{lesson}-plain-session-validate")
+        assert "Success! Your notebook passes all the tests." in verdict, f"{lesson}: {verdict[:3000]}"
         nb.close_dialog()
     finally:
         nb.close()

@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from minibn.functional import BatchNormCache
+
 
 
 def _axes(x):
@@ -26,8 +28,10 @@ def _vec(v, x):
 # ---------------------------------------------------------------- lesson 01: forward and stats
 
 def forward(x, gamma, beta, eps=1e-5, *, axes=None, ddof=0, eps_mode="inside", affine="ok",
-            one_pass=False):
+            one_pass=False, refuse_m1=True, cache_type=BatchNormCache):
     """A learner's forward with one knob turned: the correct answer when every knob is default."""
+    if refuse_m1 and x.size // x.shape[1] < 2:
+        raise ValueError("Expected more than 1 value per channel when training")
     axes = _axes(x) if axes is None else axes
     mu = x.mean(axis=axes, keepdims=True)
     if one_pass:
@@ -43,7 +47,15 @@ def forward(x, gamma, beta, eps=1e-5, *, axes=None, ddof=0, eps_mode="inside", a
     x_hat = (x - mu) / denom
     g, b = _vec(gamma, x), _vec(beta, x)
     out = {"ok": g * x_hat + b, "swapped": b * x_hat + g, "missing": x_hat}[affine]
-    return out, None
+    c = x.shape[1]
+    return out, cache_type(x, x_hat, _per_channel(mu, c), _per_channel(var, c),
+                           _per_channel(1 / denom, c), np.asarray(gamma), eps)
+
+
+def _per_channel(a, c):
+    """A (C,) vector from keepdims statistics (for the buggy axes, whatever comes first)."""
+    a = np.asarray(a).reshape(-1)
+    return a[:c] if a.size >= c else np.resize(a, c)
 
 
 def correct_forward(x, gamma, beta, eps=1e-5):
@@ -146,7 +158,11 @@ def hard_coded(run_public_check, reference, wrong):
     table = {}
 
     def recorder(*args):
-        result = reference(*args)
+        try:
+            result = reference(*args)
+        except Exception as err:  # an input the reference refuses is replayed as a refusal
+            table[_key(*_arrays(args))] = err
+            raise
         table[_key(*_arrays(args))] = _copy(result)
         return result
 
@@ -154,6 +170,8 @@ def hard_coded(run_public_check, reference, wrong):
 
     def replay(*args):
         key = _key(*_arrays(args))
+        if key in table and isinstance(table[key], Exception):
+            raise table[key]
         return _copy(table[key]) if key in table else wrong(*args)
 
     return replay
@@ -195,7 +213,17 @@ FORWARD_BUGS = {
     "always-equal object": (forward_returns_always_equal, "must be a NumPy ndarray, got AlwaysEqual"),
     "returns out only": (forward_returns_only_out, "must return a tuple (out, cache)"),
     "warns and is wrong": (forward_warns_and_is_wrong, "Your code warned: RuntimeWarning"),
+    "no ValueError at m = 1": (_knob(refuse_m1=False), "returned instead of raising ValueError"),
+    "cache is a plain tuple": (_knob(cache_type=lambda *fields: tuple(fields)),
+                               "cache must be a BatchNormCache"),
+    "cache holds the std": (lambda x, gamma, beta, eps=1e-5: _std_cache(x, gamma, beta, eps),
+                            "cache.inv_std is wrong"),
 }
+
+
+def _std_cache(x, gamma, beta, eps):
+    out, cache = forward(x, gamma, beta, eps)
+    return out, cache._replace(inv_std=1 / cache.inv_std)
 
 
 def correct_stats(x):

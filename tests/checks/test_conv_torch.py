@@ -221,7 +221,7 @@ def test_lesson_follows_the_notebook_conventions():
     assert conventions.problems(nb) == []  # the rules every lesson follows
     assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "from minibn.course import setup\nFAST = setup()" in code[0].source
+    assert "from minibn.course import setup\nFAST = setup(torch=True)" in code[0].source
     for i, cell in enumerate(nb.cells):
         if cell.id.endswith("-solution"):
             name = cell.metadata["nbgrader"]["grade_id"]

@@ -154,3 +154,47 @@ def test_grading_seed_reads_the_student_from_the_autograde_folder(monkeypatch, t
 def test_without_a_secret_every_run_draws_fresh_cases(monkeypatch):
     monkeypatch.delenv("MINIBN_GRADING_SECRET", raising=False)
     assert len({grading_seed("batchnorm_forward") for _ in range(5)}) == 5
+
+
+def test_extra_length_one_axes_get_the_keepdims_hint():
+    """A (1, C, 1, 1) answer has the right values and size: the hint must say drop keepdims,
+    not "reduce over every axis except 1" (which the learner already did)."""
+    with pytest.raises(AssertionError) as err:
+        assert_close("mean", np.zeros((1, 3, 1, 1)), np.zeros(3), CASE, atol=1, rtol=1)
+    msg = str(err.value)
+    assert "drop keepdims=True" in msg and "return shape (3,)" in msg
+    assert "reduce over every axis" not in msg
+
+
+def test_numbers_that_print_alike_are_printed_with_enough_digits():
+    want, got = np.array([1.400250]), np.array([1.400245])
+    with pytest.raises(AssertionError) as err:
+        assert_close("var", got, want, CASE, atol=1e-9, rtol=1e-7)
+    msg = str(err.value)
+    expected_text = msg.split("expected ")[1].split(",")[0]
+    received_text = msg.split("received ")[1].split(" ")[0]
+    assert expected_text != received_text, msg
+    assert expected_text == "1.4002500" and received_text == "1.4002450"
+
+
+def test_per_entry_tolerance_is_reported_at_the_worst_index():
+    want = np.zeros((2, 2))
+    got = np.array([[0.5, 0.0], [0.0, 0.05]])
+    atol = np.array([[1.0], [0.01]])  # row 0 is badly conditioned, row 1 is not
+    with pytest.raises(AssertionError) as err:
+        assert_close("dx", got, want, CASE, atol=atol, rtol=0)
+    assert "at index (1, 1)" in str(err.value) and "atol=0.01" in str(err.value)
+    assert assert_close("dx", got[:1], want[:1], CASE, atol=atol[:1], rtol=0) is None
+
+
+def test_hints_may_be_computed_only_on_failure():
+    calls = []
+
+    def hints():
+        calls.append(1)
+        return [Hint(np.full(3, 2.0), "you doubled it")]
+
+    assert_close("var", np.ones(3), np.ones(3), CASE, atol=1e-9, rtol=1e-7, hints=hints)
+    assert calls == []
+    with pytest.raises(AssertionError, match="you doubled it"):
+        assert_close("var", np.full(3, 2.0), np.ones(3), CASE, atol=1e-9, rtol=1e-7, hints=hints)

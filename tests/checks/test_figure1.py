@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minibn.checks import figure1 as checks
-from minibn.experiments.common import softmax_cross_entropy
+from minibn.experiments.numpy_mlp import softmax_cross_entropy
 
 
 def band(h, q=(15, 50, 85)):

@@ -299,7 +299,7 @@ def test_lesson_follows_the_notebook_conventions():
     assert conventions.problems(nb) == []  # the rules every lesson follows
     assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "from minibn.course import setup\nFAST = setup()" in code[0].source
+    assert "FAST = setup(torch=True)" in code[0].source
     graded = {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells
               if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code"}
     assert set(graded) == GRADED

@@ -1,5 +1,6 @@
 """The CPU executor runs CUDA C as a GPU would, for correct kernels, and refuses the broken ones
-(divergent barriers, deadlocks, bad arguments) with a message instead of a hang or garbage."""
+(divergent barriers, deadlocks, bad arguments) with a message instead of a hang or garbage. The
+sanitizer's own classes are in test_sanitizer.py."""
 import numpy as np
 import pytest
 
@@ -8,6 +9,7 @@ from minibn.cuda.executor import (
     CpuRawKernel,
     CpuRawModule,
     KernelError,
+    SanitizerError,
     schedule,
 )
 
@@ -96,15 +98,19 @@ def test_tree_is_order_independent_and_missing_syncthreads_is_not():
         for order in ("forward", "reverse"):
             out = np.zeros(2, np.float32)
             with schedule(order):
-                CpuRawKernel(src, "tree_sum")((2,), (128,), (x, out))
+                CpuRawKernel(src, "tree_sum")((2,), (128,), (x, out), sanitize=False)
             results[name, order] = out
     expected = x.reshape(2, 128).sum(axis=1)
     np.testing.assert_allclose(results["good", "forward"], expected, rtol=1e-5)
     np.testing.assert_array_equal(results["good", "forward"], results["good", "reverse"])
     # Without the barrier in the loop, thread 0 runs ahead of the others: wrong in forward order,
-    # and (here) right in reverse order, which is why every test runs two orders.
+    # and (here) right in reverse order. Comparing schedules catches it only sometimes; the
+    # sanitizer names it in every order.
     assert not np.allclose(results["buggy", "forward"], expected, rtol=1e-3)
     assert not np.array_equal(results["buggy", "forward"], results["buggy", "reverse"])
+    for order in ("forward", "reverse"):
+        with schedule(order), pytest.raises(SanitizerError, match=r"racecheck: race on s\[\d+\] \(shared memory\)"):
+            CpuRawKernel(buggy, "tree_sum")((2,), (128,), (x, np.zeros(2, np.float32)))
 
 
 def test_shared_memory_starts_poisoned():
@@ -116,16 +122,22 @@ def test_shared_memory_starts_poisoned():
         out[threadIdx.x] = s[(threadIdx.x + 63) % 64];
     }"""
     out = np.zeros(64, np.float32)
-    CpuRawKernel(src, "read_unwritten")((1,), (64,), (out,))
+    CpuRawKernel(src, "read_unwritten")((1,), (64,), (out,), sanitize=False)
     assert np.isnan(out[1]) and np.all(out[2:] == 1.0)
+    with pytest.raises(SanitizerError, match=r"initcheck: read of uninitialized s\[0\] .* by thread \(1,0,0\)"):
+        CpuRawKernel(src, "read_unwritten")((1,), (64,), (out,))
 
 
 def test_writing_past_dynamic_shared_memory_is_an_error():
     x = np.ones(128, np.float32)
-    with pytest.raises(KernelError, match=r"wrote byte 8 of dynamic shared memory, past the end of it \(the launch gave "
-                       r"shared_mem=8 bytes\)"):
-        CpuRawKernel(BLOCK_SUM, "block_sum")((1,), (128,), (x, np.zeros(1, np.float32), np.int32(128)),
-                                             shared_mem=8)
+    args = (x, np.zeros(1, np.float32), np.int32(128))
+    with pytest.raises(SanitizerError, match=r"out-of-bounds write of warp_sums\[2\] \(dynamic shared memory\) in "
+                       r"block_sum by thread \(64,0,0\).*the launch gave shared_mem=8 bytes"):
+        CpuRawKernel(BLOCK_SUM, "block_sum")((1,), (128,), args, shared_mem=8)
+    # Without the sanitizer, a guard zone behind the buffer still catches the write afterwards.
+    with pytest.raises(KernelError, match=r"wrote byte 8 of dynamic shared memory, past the end of it \(the launch "
+                       r"gave shared_mem=8 bytes\)"):
+        CpuRawKernel(BLOCK_SUM, "block_sum")((1,), (128,), args, shared_mem=8, sanitize=False)
 
 
 def test_divergent_syncthreads_is_an_error():
@@ -173,7 +185,10 @@ def test_spinning_on_another_block_times_out_instead_of_hanging(monkeypatch):
     with schedule("forward"), pytest.raises(KernelError, match="still running after 0.5 s of CPU time"):
         CpuRawKernel(src, "wait_for_neighbour")((2,), (1,), (np.zeros(1, np.int32),))
     with schedule("reverse"):  # block 1 first: the flag is already set
-        CpuRawKernel(src, "wait_for_neighbour")((2,), (1,), (np.zeros(1, np.int32),))
+        CpuRawKernel(src, "wait_for_neighbour")((2,), (1,), (np.zeros(1, np.int32),), sanitize=False)
+        # A plain (volatile) flag between blocks, with no atomic and no fence, is a race.
+        with pytest.raises(SanitizerError, match=r"race on flag\[0\] \(global memory\).*different blocks"):
+            CpuRawKernel(src, "wait_for_neighbour")((2,), (1,), (np.zeros(1, np.int32),))
 
 
 @pytest.mark.parametrize(

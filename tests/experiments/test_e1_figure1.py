@@ -1,8 +1,9 @@
-"""E1 (Figure 1): estimators, and the robust criteria F1a-F1c over 3 seeds (papers.md)."""
+"""E1 (Figure 1): estimators, and the calibrated criteria F1a-F1c over 3 seeds."""
 import numpy as np
 import pytest
 
 from minibn.experiments import e1_figure1 as e1
+from minibn.experiments.result import Result
 
 
 def test_band_drift_is_the_median_range_over_time():
@@ -23,7 +24,7 @@ def test_typical_unit_has_the_median_drift():
 
 
 def test_percentiles_are_over_the_examples_per_unit():
-    from minibn.experiments.common import MLP
+    from minibn.experiments.numpy_mlp import MLP
     model = MLP([4, 3, 3, 2], "sigmoid", rng=np.random.default_rng(0))
     x = np.random.default_rng(1).normal(size=(101, 4)).astype(np.float32)
     p = e1.sigmoid_input_percentiles(model, x)
@@ -36,8 +37,8 @@ def test_percentiles_are_over_the_examples_per_unit():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_figure1_claims_hold(seed):
-    result = e1.run(fast=True, seed=seed, progress=False, sensitivity=False)
-    by_id = {c.criterion.split(":")[0]: c for c in result.claims}
+    result = e1.run(e1.config(seed=seed, **e1.CALIBRATION), progress=False)
+    by_id = {c.label: c for c in result.claims}
     for cid in ("F1a", "F1b", "F1c"):
         assert by_id[cid].passed, f"{cid} failed for seed {seed}: {by_id[cid].ours}"
 
@@ -47,6 +48,10 @@ def test_sensitivity_claim_is_reported_not_asserted():
          "final_acc_plain": 0.9, "drift_median_bn": 0.2, "drift_median_plain": 1.0,
          "drift_spread_bn": 1.0, "drift_spread_plain": 5.0,
          "init0.1_steps_to_90_bn": 750, "init0.1_steps_to_90_plain": 1500}
-    claims = e1.claims(s, e1.config())
+    claims = e1.claims(Result("figure1", e1.config(), {}, s))
     assert [c.passed for c in claims] == [True, True, True, None]
+    assert [c.label for c in claims] == ["F1a", "F1b", "F1c", "F1s"]
+    shortened = e1.claims(Result("figure1", e1.config(steps=500), {}, s))
+    assert [c.passed for c in shortened] == [None] * 4
+    assert "steps=500 differs from the calibrated configuration" in shortened[0].criterion
     assert "never" in claims[0].ours

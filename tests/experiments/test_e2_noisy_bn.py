@@ -6,29 +6,31 @@ import pytest
 import torch
 
 from minibn.experiments import e2_noisy_bn as e2
+from minibn.experiments import torch_mlp, torch_train
 
 SEEDS = (0, 1, 2)
+ASSERTED = ("S1", "S2", "S3", "S4a", "S4b")
 
 
 def test_lp_normalize_centres_and_divides_by_the_average_lp_norm_before_centring():
     h = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0], [5.0, 2.0]], dtype=torch.float64)
     mean = h.mean(0)
     for p, norm in ((1, h.abs().mean(0)), (2, h.pow(2).mean(0).sqrt()), (math.inf, h.abs().amax(0))):
-        out = e2.lp_normalize(h, p, eps=0.0)
+        out = torch_mlp.lp_normalize(h, p, eps=0.0)
         torch.testing.assert_close(out, (h - mean) / norm)
         torch.testing.assert_close(out.mean(0), torch.zeros(2, dtype=torch.float64))
 
 
 def test_ghost_normalize_uses_each_group_alone():
     h = torch.randn(12, 3, dtype=torch.float64)
-    out = e2.ghost_normalize(h, 4)
+    out = torch_mlp.ghost_normalize(h, 4)
     for g in range(3):
-        torch.testing.assert_close(out[4 * g:4 * g + 4], e2.batch_normalize(h[4 * g:4 * g + 4]))
+        torch.testing.assert_close(out[4 * g:4 * g + 4], torch_mlp.batch_normalize(h[4 * g:4 * g + 4]))
 
 
 def test_santurkar_noise_follows_the_law_and_changes_every_call():
     gen = torch.Generator().manual_seed(0)
-    draws = [e2.santurkar_noise((4000, 1), gen) for _ in range(200)]
+    draws = [torch_mlp.santurkar_noise((4000, 1), gen) for _ in range(200)]
     shift_means = np.array([float(shift.mean()) for _, shift in draws])
     scale_means = np.array([float(scale.mean()) for scale, _ in draws])
     # per-step means: mu ~ U(-0.5, 0.5) and sigma ~ U(1, 1.25), so they spread over those ranges
@@ -42,7 +44,7 @@ def test_santurkar_noise_follows_the_law_and_changes_every_call():
 def test_noise_is_applied_only_with_a_generator_and_only_to_noisy_bn():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(32, 784)
-    noisy = e2.MLP([784, 20, 20, 10], norm="noisy_bn", generator=gen)
+    noisy = torch_mlp.MLP([784, 20, 20, 10], norm="noisy_bn", generator=gen)
     with torch.no_grad():
         clean = noisy.forward(x)
         torch.testing.assert_close(clean, noisy.forward(x))
@@ -52,29 +54,22 @@ def test_noise_is_applied_only_with_a_generator_and_only_to_noisy_bn():
 def test_steps_below_counts_the_running_mean_window():
     losses = [1.0] * 100 + [0.0] * 100
     # the running mean of 50 drops below 0.3 once 36 of the last 50 losses are 0
-    assert e2.steps_below(losses, 0.3, window=50) == 136
-    assert e2.steps_below(losses, -1.0) is None
+    assert torch_train.steps_below(losses, 0.3, window=50) == 136
+    assert torch_train.steps_below(losses, -1.0) is None
 
 
 @pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
 def result(request):
-    return e2.run(fast=True, seed=request.param, progress=False)
+    return e2.run(e2.config(seed=request.param), progress=False)
 
 
 @pytest.mark.slow
-def test_claims_s1_s2_s3_and_lp_speed_hold(result):
-    claims = {c.criterion: c for c in result.claims}
-    asserted = [c for c in claims.values() if "not asserted" not in c.criterion]
-    assert len(asserted) == 4
-    for c in asserted:
-        assert c.passed, f"{c.claim}: {c.ours} (criterion {c.criterion})"
-
-
-@pytest.mark.slow
-def test_l1_and_l2_match_bn_speed(result):
-    s = result.summary
-    for v in ("l1", "l2"):
-        assert s[f"{v}/steps_to_0.1"] <= 1.5 * s["bn/steps_to_0.1"], s
+def test_asserted_claims_hold_and_linf_is_reported(result):
+    by_label = {c.label: c for c in result.claims}
+    for label in ASSERTED:
+        c = by_label[label]
+        assert c.passed, f"{label}: {c.ours} (criterion {c.criterion})"
+    assert by_label["S4c"].passed is None
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""E4 (deep linear network): gradients, the ICS definition, BN's scale invariance, and D1/D2."""
+"""E4 (deep linear network): gradients, BN's scale invariance, divergence, and D1/D2."""
 import json
 import math
 import pathlib
@@ -57,32 +57,9 @@ def test_bn_output_is_invariant_to_the_scale_of_the_weights_before_it():
     assert np.abs(out).max() > 0.1
 
 
-def test_ics_matches_the_hand_derived_gradients_of_a_two_layer_linear_net():
-    model, x, y = _small(False, depth=2)
-    W1, W2 = (p[0].copy() for p in model.layers)
-    lr, n = 0.05, len(x)
-    # L = mean_n ||x W1 W2 - y||^2: dL/dW2 = (x W1)^T D, dL/dW1 = x^T D W2^T, D = 2 (x W1 W2 - y) / n
-    D = 2 * (x @ W1 @ W2 - y) / n
-    G = (x @ W1).T @ D
-    W1_moved = W1 - lr * x.T @ D @ W2.T
-    G_after = (x @ W1_moved).T @ (2 * (x @ W1_moved @ W2 - y) / n)
-    rel, cos = e4.ics(model, x, y, 1, lr)
-    assert rel == pytest.approx(np.linalg.norm(G - G_after) / np.linalg.norm(G))
-    assert cos == pytest.approx((G * G_after).sum() / np.linalg.norm(G) / np.linalg.norm(G_after))
-    assert rel > 1e-3
-    # the parameters are left as they were
-    np.testing.assert_array_equal(model.layers[0][0], W1)
-
-
-def test_ics_is_zero_without_preceding_layers_or_without_a_step():
-    model, x, y = _small(True)
-    assert e4.ics(model, x, y, 0, 0.1) == pytest.approx((0.0, 1.0))
-    assert e4.ics(model, x, y, 2, 0.0) == pytest.approx((0.0, 1.0))
-
-
 def test_train_marks_divergence_with_a_trailing_nan():
     problem = e4.make_problem(0, n=100)
-    cfg = {**e4.config(True), "ics_layers": {}}
+    cfg = e4.config(ics_layers={})
     losses = e4.train("std", problem, cfg, 0, lr=1.0, steps=200, probe=False,
                       progress=False)["losses"]
     assert len(losses) < 201 and math.isnan(losses[-1])
@@ -91,21 +68,14 @@ def test_train_marks_divergence_with_a_trailing_nan():
 
 @pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
 def result(request):
-    return e4.run(fast=True, seed=request.param, progress=False)
+    return e4.run(e4.config(seed=request.param), progress=False)
 
 
 @pytest.mark.slow
-def test_bn_trains_the_dln_far_better(result):
-    s = result.summary
-    # papers.md D1 asks <= 0.5x; here it is 0.40-0.51 over seeds 0-3, so the test asks 0.7x
-    assert s["bn/final_over_initial"] <= 0.7 * s["std/final_over_initial"], s
-    assert s["std/final_over_initial"] < 0.5  # both nets did train
-
-
-@pytest.mark.slow
-def test_d2_bn_keeps_a_large_ics(result):
-    d2 = next(c for c in result.claims if c.criterion == "BN relative ICS >= 0.5")
-    assert d2.passed, d2.ours
+@pytest.mark.parametrize("label", ["D1", "D2"])
+def test_asserted_claims_hold(result, label):
+    c = next(c for c in result.claims if c.label == label)
+    assert c.passed, f"{label}: {c.ours} (criterion {c.criterion})"
 
 
 @pytest.mark.slow
@@ -121,3 +91,15 @@ def test_result_saves_plots_and_round_trips(result, tmp_path):
     back = Result.from_dict(json.load(open(paths[0])))
     assert back.summary == pytest.approx(result.summary)
     assert [c.passed for c in back.claims] == [c.passed for c in result.claims]
+
+
+def test_a_diverged_standard_net_counts_as_a_bn_win_in_d1():
+    s = {"std/final_over_initial": math.nan, "bn/final_over_initial": 0.05, "std/ics_rel": 0.9,
+         "bn/ics_rel": 0.9, "std/high_lr_diverged": True, "bn/high_lr_diverged": False}
+    for v in ("std", "bn"):
+        for n in ("middle", "late"):
+            s[f"{v}/ics_cos/{n}"] = 0.5
+    d1 = e4.claims(Result("deep_linear", e4.config(), {}, s))[0]
+    assert d1.label == "D1" and d1.passed is True and "std diverged" in d1.ours
+    s["bn/final_over_initial"] = math.nan
+    assert e4.claims(Result("deep_linear", e4.config(), {}, s))[0].passed is False

@@ -55,6 +55,6 @@ def test_usable_lrs_and_fastest():
             s[f"diverged_at_{net}_lr{lr:g}"] = 12 if (net == "plain" and lr >= 1.0) else None
             s[f"final_acc_{net}_lr{lr:g}"] = math.nan if s[f"diverged_at_{net}_lr{lr:g}"] else (0.1 if dead else 0.95)
             s[f"steps_to_target_{net}_lr{lr:g}"] = None if dead else (100 if net == "bn" else 250)
-    assert e7.usable_lrs(s, "plain", cfg) == [0.03, 0.1]
-    assert e7.usable_lrs(s, "bn", cfg) == [0.03, 0.1, 0.3]
+    assert e7.usable(s, "plain", cfg) == [0.03, 0.1]
+    assert e7.usable(s, "bn", cfg) == [0.03, 0.1, 0.3]
     assert e7.fastest(s, "bn") == (0.03, 100)

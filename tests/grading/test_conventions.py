@@ -70,6 +70,32 @@ def _imports_reference(nb):
     cell(nb, "setup").source += "\nfrom minibn.functional import batchnorm_forward"
 
 
+def _prompt_in_answer(nb):
+    """The 03/04 release bug: the question typed into the manually graded cell itself."""
+    question = cell(nb, "q-eps-question")
+    answer = cell(nb, "q-eps")
+    answer.source = question.source + "\n\n" + answer.source
+    nb.cells.remove(question)
+
+
+def _prompt_in_solution_region(nb):
+    c = cell(nb, "ex-stats-solution")
+    c.source = c.source.replace("### BEGIN SOLUTION", "### BEGIN SOLUTION\n    # **Question.** why m?")
+
+
+def _answer_without_question(nb):
+    nb.cells.remove(cell(nb, "q-eps-question"))
+
+
+def _torch_unseeded(nb):
+    cell(nb, "setup").source += "\nimport torch"
+
+
+def _random_before_setup(nb):
+    c = cell(nb, "setup")
+    c.source = "import numpy as np\nnoise = np.random.rand(3)\n" + c.source
+
+
 BROKEN = {
     _outputs: "outputs not stripped",
     _random_id: "random-looking cell id",
@@ -84,7 +110,26 @@ BROKEN = {
     _no_markers: "BEGIN SOLUTION",
     _no_setup: "first code cell",
     _imports_reference: "which the learner is asked to write",
+    _prompt_in_answer: "sits inside the answer cell",
+    _prompt_in_solution_region: "sits inside the solution region",
+    _answer_without_question: "answer cell without its question",
+    _torch_unseeded: "setup(torch=True)",
+    _random_before_setup: "must be the first statement after the imports",
 }
+
+
+def test_a_torch_lesson_that_seeds_torch_is_clean():
+    nb = copy.deepcopy(nbs.read(MINI))
+    cell(nb, "setup").source = ("from minibn.course import setup\nFAST = setup(torch=True)\n\n"
+                                "import numpy as np\nimport torch")
+    assert conventions.problems(nb) == []
+
+
+def test_an_optional_torch_import_inside_a_cell_needs_no_seed():
+    """A benchmark that tries torch if installed draws no random numbers from it."""
+    nb = copy.deepcopy(nbs.read(MINI))
+    cell(nb, "setup").source += "\ntry:\n    import torch\nexcept ImportError:\n    torch = None"
+    assert conventions.problems(nb) == []
 
 
 def test_fixture_lesson_is_clean():
@@ -103,3 +148,37 @@ def test_magics_are_not_syntax_errors():
     nb = copy.deepcopy(nbs.read(MINI))
     cell(nb, "setup").source = "from minibn.course import setup\nFAST = setup()\n%matplotlib inline"
     assert conventions.problems(nb) == []
+
+
+def test_a_prompt_before_the_solution_region_is_fine():
+    """Text above ``### BEGIN SOLUTION`` (a docstring) survives the release, so it may ask."""
+    nb = copy.deepcopy(nbs.read(MINI))
+    c = cell(nb, "ex-stats-solution")
+    c.source = c.source.replace("### BEGIN SOLUTION", "# Question: which axes?\n    ### BEGIN SOLUTION")
+    assert conventions.problems(nb) == []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASED = sorted((ROOT / "lessons").glob("*/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", RELEASED, ids=[p.parent.name for p in RELEASED])
+def test_released_lesson_shows_the_question_above_every_answer_box(path):
+    """What the student opens: every answer box (cleared to nbgrader's stub) has its question,
+    in full, in the markdown cell right above it, the same question the solution asks."""
+    released = nbs.read(path)
+    assert conventions.question_before_every_answer(released) == []
+    solution = nbs.read(ROOT / "solutions" / path.parent.name / path.name)
+    asked = {c.id: c.source for c in solution.cells}
+    boxes = [i for i, c in enumerate(released.cells) if nbs.is_manual(c)]
+    assert boxes or not any(nbs.is_manual(c) for c in solution.cells)
+    for i in boxes:
+        box, question = released.cells[i], released.cells[i - 1]
+        assert "YOUR ANSWER HERE" in box.source, f"{path.name} cell {i}: answer box not cleared"
+        assert not conventions.PROMPT.search(box.source), f"{path.name} cell {i}"
+        assert question.source == asked[question.id], (
+            f"{path.name} cell {i - 1} ({question.id}): the question differs from the solution's")
+
+
+def test_released_lessons_are_found():
+    assert len(RELEASED) >= 8, RELEASED

@@ -1,16 +1,22 @@
 """Static scans and the out-of-kernel re-grade's building blocks, without nbgrader (fast)."""
 import copy
+import inspect
+import json
+import os
 import socket
+import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 
-from minibn.grading import feedback, integrity
+from minibn.grading import copies, feedback, integrity, sandbox, similarity, wire
 from minibn.grading import notebooks as nbs
 from minibn.grading import regrade as rg
 from minibn.grading.conventions import learner_functions
 
+ROOT = Path(__file__).resolve().parents[2]
 MINI = Path(__file__).resolve().parents[1] / "fixtures" / "mini-course" / "solutions" / "00-mini" / "00-mini.ipynb"
 LEARNER = {"batchnorm_forward", "channel_stats"}
 
@@ -157,3 +163,143 @@ def test_regrade_process_has_no_network():
     finally:
         server.close()
     assert result["tests"]["test_network"]["passed"], result
+
+
+def test_wire_round_trip_and_validation():
+    from minibn.functional import BatchNormCache
+
+    x = np.arange(6.0).reshape(2, 3)[:, ::2]
+    value = (x, np.float32(1.5), 2**60, float("nan"), {"eps": 1e-5}, [None, True, "s"],
+             BatchNormCache(x, x, x[0], x[0], x[0], x[0], 1e-5))
+    back = wire.decode(json.loads(json.dumps(wire.encode(value))))
+    assert type(back) is tuple and type(back[0]) is np.ndarray and np.array_equal(back[0], x)
+    assert type(back[1]) is np.float32 and back[2] == 2**60 and np.isnan(back[3])
+    assert type(back[6]) is BatchNormCache and back[6].eps == 1e-5
+    # Anything else arrives as a stand-in that only carries its type's name.
+    assert type(wire.decode(wire.encode(x.view(np.matrix)))).__name__ == "matrix"
+    assert isinstance(wire.decode(wire.encode(object())), wire.Opaque)
+    bad = [{"__nd__": ["<f8", [3], "AAAA"]},  # shape does not match the bytes
+           {"__nd__": ["|O", [1], "AAAAAAAAAAA="]},  # object dtype
+           {"__nd__": ["<f8", [-1], ""]}, {"__evil__": 1}, {"a": 1, "b": 2}]
+    for data in bad:
+        with pytest.raises(wire.WireError):
+            wire.decode(data)
+
+
+def test_exact_copies_survive_renamed_files_and_docstrings():
+    import minibn.functional as F
+
+    source = inspect.getsource(F.batchnorm_forward).replace('"""', '"""Mine. ', 1)
+    namespace = {}
+    exec(compile("import numpy as np\n" + source, "<my cell>", "exec"), namespace)
+    assert copies.function_fingerprint(namespace["batchnorm_forward"]) == \
+        copies.function_fingerprint(F.batchnorm_forward)
+    renamed = source.replace("x_hat", "xh")
+    assert copies.fingerprints_in_source(renamed, ["batchnorm_forward"])["batchnorm_forward"] != \
+        copies.function_fingerprint(F.batchnorm_forward)
+
+
+def test_grading_refuses_without_a_sandbox(tmp_path, monkeypatch, capsys):
+    from minibn.grading import __main__ as cli
+
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\n")
+    (tmp_path / "submitted" / "s" / "00-mini").mkdir(parents=True)
+    (tmp_path / "submitted" / "s" / "00-mini" / "00-mini.ipynb").write_text("{}")
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    monkeypatch.setattr(sandbox, "_probed", {})
+    assert cli.main(["grade", "--course", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to grade without a sandbox" in err and "apt-get install bubblewrap" in err
+    assert "--unsafe-no-sandbox" in err
+
+
+def test_sandbox_hides_the_course_and_the_secret(tmp_path):
+    """Case 23: learner code in the sandbox finds no course file, no secret and no host process."""
+    (tmp_path / "secret.txt").write_text("s3cret")
+    probe = ("import os\n"
+             f"seen = [os.path.exists({str(tmp_path / 'secret.txt')!r}), os.path.exists({str(ROOT / 'solutions')!r}),\n"
+             "        any('SECRET' in k for k in os.environ), len([p for p in os.listdir('/proc') if p.isdigit()]) < 10,\n"
+             "        os.path.exists(os.path.join(os.path.dirname(__import__('minibn').__file__), 'checks'))]\n")
+    check = "assert seen == [False, False, False, True, True], seen\n"
+    plan = {"cells": [{"label": "probe", "source": probe, "learners": True}],
+            "tests": [{"grade_id": "test_sandbox", "points": 1.0, "source": check, "names": rg.names_used(check)}],
+            "learner_functions": []}
+    env = {**os.environ, "MINIBN_GRADING_SECRET": "s3cret"}
+    result = rg.regrade(plan, student="c23-files", env=env, cell_timeout=20.0)
+    assert result["tests"]["test_sandbox"]["passed"], result
+    unsafe = rg.regrade(plan, student="c23-files", env=env, cell_timeout=20.0, sandboxed=False)
+    assert not unsafe["tests"]["test_sandbox"]["passed"]  # without the sandbox the course is in reach
+    assert any(f["kind"] == "unsafe" for f in unsafe["flags"])
+
+
+def test_similarity_sees_through_renaming_but_not_different_code():
+    import minibn.functional as F
+
+    mine = inspect.getsource(F.batchnorm_forward)
+    renamed = mine.replace("x_hat", "normalized").replace("mean", "mu").replace("# ", "# my note ")
+    other = inspect.getsource(F.batchnorm_backward_graph)
+    best = similarity.compare({("a", "l"): renamed, ("b", "l"): other}, {"reference": mine})
+    assert best[("a", "l")][0] == "source: reference" and best[("a", "l")][1] > 0.9
+    assert best[("b", "l")][1] < 0.5
+
+
+def test_an_answer_that_is_not_data_is_judged_in_the_sandbox():
+    """A class (lesson 04's autograd.Function, lesson 07's module) cannot cross as data: its test
+    runs inside the sandbox, with a per-student key instead of the secret, and says so."""
+    cell = ("import os\nclass Scale:\n    def __init__(self, a):\n        self.a = a\n"
+            "    def __call__(self, x):\n        return self.a * x\n")
+    check = ("import os\nassert Scale(2)(3) == 6\n"
+             "assert os.environ['MINIBN_GRADING_SECRET'] not in ('s3cret', '')\n")
+    # Which exercises are not data is read from the instructor's solution, never the learner's.
+    assert rg.not_data([cell, "def f(x):\n    return torch.relu(x)\ndef g(x):\n    return x"], ["f", "g"]) == {"Scale", "f"}
+    plan = {"cells": [{"label": "cls", "source": cell, "learners": True}],
+            "tests": [{"grade_id": "test_cls", "points": 1.0, "source": check, "names": rg.names_used(check)}],
+            "learner_functions": [], "sandbox_names": ["Scale"]}
+    env = {**os.environ, "MINIBN_GRADING_SECRET": "s3cret"}
+    result = rg.regrade(plan, student="s", env=env, cell_timeout=20.0)
+    assert result["tests"]["test_cls"]["passed"], result
+    assert [f["kind"] for f in result["flags"]] == ["verdict-in-sandbox"]
+    # A data exercise cannot be moved into the sandbox by answering with a class: it just fails.
+    data = {**plan, "sandbox_names": []}
+    assert not rg.regrade(data, student="s", env=env, cell_timeout=20.0)["tests"]["test_cls"]["passed"]
+
+
+def test_an_argument_updated_in_place_and_returned_is_the_callers():
+    cell = "def update(rm, x):\n    rm += x\n    return rm, rm.copy()\n"
+    check = ("import numpy as np\na = np.zeros(3)\nsame, copy = update(a, np.ones(3))\n"
+             "assert same is a and a.sum() == 3 and copy is not a\n")
+    plan = {"cells": [{"label": "u", "source": cell, "learners": True}],
+            "tests": [{"grade_id": "t", "points": 1.0, "source": check, "names": rg.names_used(check)}],
+            "learner_functions": ["update"]}
+    result = rg.regrade(plan, student="s", cell_timeout=20.0)
+    assert result["tests"]["t"]["passed"], result
+
+
+def test_secret_file_is_created_private(tmp_path, monkeypatch):
+    from minibn.grading import grade
+
+    monkeypatch.delenv("MINIBN_GRADING_SECRET", raising=False)
+    old = os.umask(0)  # the most permissive umask: the file must still never be readable by others
+    try:
+        secret = grade.grading_secret(tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / grade.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    assert grade.grading_secret(tmp_path) == secret
+
+
+def test_module_guard_resets_only_the_patched_module(monkeypatch):
+    import types
+
+    from minibn.grading.learner_side import ModuleGuard
+
+    a, b = types.ModuleType("minibn._guard_a"), types.ModuleType("minibn._guard_b")
+    a.f = b.g = len
+    monkeypatch.setitem(sys.modules, a.__name__, a)
+    monkeypatch.setitem(sys.modules, b.__name__, b)
+    guard = ModuleGuard()
+    a.f = abs  # a patch
+    sub = types.ModuleType("minibn._guard_b.sub")
+    b.sub = sub  # a submodule imported lazily: not a patch, must survive
+    assert guard.restore() == ["minibn._guard_a.f replaced"]
+    assert a.f is len and b.sub is sub

@@ -10,7 +10,8 @@ extern "C" __global__ void bn_stats_k0(const float* __restrict__ x, float* __res
     float sum = 0.0f;
     for (int n = 0; n < N; ++n)
         for (int i = 0; i < HW; ++i) sum += x[((long long)n * C + c) * HW + i];
-    float mu = sum / (float)(N * HW);
+    float m = (float)((long long)N * HW);  // N * HW in int overflows past 2^31 values
+    float mu = sum / m;
     float sq = 0.0f;
     for (int n = 0; n < N; ++n)
         for (int i = 0; i < HW; ++i) {
@@ -18,5 +19,5 @@ extern "C" __global__ void bn_stats_k0(const float* __restrict__ x, float* __res
             sq += d * d;
         }
     mean[c] = mu;
-    var[c] = sq / (float)(N * HW);
+    var[c] = sq / m;
 }

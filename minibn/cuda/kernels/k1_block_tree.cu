@@ -4,6 +4,8 @@
 // a slot its neighbour has not written yet.
 // Statistics in one pass, sum(x) and sum(x^2): var = E[x^2] - E[x]^2. Cheap, but in float32 it
 // cancels catastrophically once |mean| >> std (see minibn.cuda.progression.variance_error).
+// The loop runs over the channel's N rows, and inside a row over its H*W columns: no division
+// per element (threads past H*W idle on short rows; K2 onwards keep them busy).
 // Launch: grid = C, block = a power of two, shared_mem = 2 * blockDim.x * sizeof(float).
 
 extern "C" __global__ void bn_stats_k1(const float* __restrict__ x, float* __restrict__ mean,
@@ -12,13 +14,14 @@ extern "C" __global__ void bn_stats_k1(const float* __restrict__ x, float* __res
     float* s_sum = smem;
     float* s_sq = smem + blockDim.x;
     int c = blockIdx.x, t = threadIdx.x;
-    long long m = (long long)N * HW;
     float sum = 0.0f, sq = 0.0f;
-    for (long long j = t; j < m; j += blockDim.x) {
-        long long n = j / HW;
-        float v = x[(n * C + c) * HW + (j - n * HW)];
-        sum += v;
-        sq += v * v;
+    for (int n = 0; n < N; ++n) {
+        const float* row = x + ((long long)n * C + c) * HW;
+        for (int i = t; i < HW; i += blockDim.x) {
+            float v = row[i];
+            sum += v;
+            sq += v * v;
+        }
     }
     s_sum[t] = sum;
     s_sq[t] = sq;
@@ -31,8 +34,9 @@ extern "C" __global__ void bn_stats_k1(const float* __restrict__ x, float* __res
         __syncthreads();
     }
     if (t == 0) {
-        float mu = s_sum[0] / (float)m;
+        float m = (float)((long long)N * HW);
+        float mu = s_sum[0] / m;
         mean[c] = mu;
-        var[c] = fmaxf(s_sq[0] / (float)m - mu * mu, 0.0f);
+        var[c] = fmaxf(s_sq[0] / m - mu * mu, 0.0f);
     }
 }

@@ -2,7 +2,8 @@
 // Little's law: to stream at ~3 TB/s with ~0.6 us of DRAM latency, ~1.8 MB must be in flight,
 // ~14 KB per SM; one 4-byte load per thread gives a 512-thread block only 2 KB. A float4 load
 // moves 16 bytes per instruction and four independent chains keep more of them outstanding.
-// Launch: as K3 (grid = (S, C), block = a multiple of 32), then bn_stats_k4_finalize.
+// Launch: as K3 (grid = (S, C), block = up to 1024 threads), then bn_stats_k4_finalize.
+#include "finalize.cuh"
 #include "slice.cuh"
 #include "welford_block.cuh"
 
@@ -20,14 +21,5 @@ extern "C" __global__ void bn_stats_k4_partial(const float* __restrict__ x, floa
 
 extern "C" __global__ void bn_stats_k4_finalize(const float* __restrict__ partial, float* __restrict__ mean,
                                                 float* __restrict__ var, int C, int S) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    Welford w = {0.0f, 0.0f, 0.0f};
-    for (int s = 0; s < S; ++s) {
-        const float* p = partial + ((long long)c * S + s) * 3;
-        Welford o = {p[0], p[1], p[2]};
-        w = welford_merge(w, o);
-    }
-    mean[c] = w.mean;
-    var[c] = w.m2 / w.n;
+    finalize_channels(partial, mean, var, C, S);
 }

@@ -2,11 +2,14 @@
 // the statistics, read x again and write y), the floor for a tensor too large to keep on chip.
 //
 // bn_fwd_stats, grid = (S, C): each block writes its Welford partial, then takes a ticket from a
-// per-channel counter; the block that draws the last ticket knows every partial of its channel is
-// written (each block fences before taking its ticket), merges them in slice order, writes mean,
+// per-channel counter. The last-block ticket: a block fences after writing its partial and before
+// its atomicAdd (release), and the block that draws the last ticket fences after its atomicAdd
+// (acquire), so it sees every partial of its channel. Its first warp merges them (lane l takes
+// slices l, l + 32, ...; a fixed order, so the same bits on every run), and lane 0 writes mean,
 // var and invstd, updates the running statistics and resets the counter for the next launch.
 // One launch replaces K3/K4's partial + finalize pair (the ATen/Apex channels-last pattern).
 // bn_fwd_apply, grid = (ceil(H*W / 4 / blockDim.x), N*C rows): y = x * scale[c] + shift[c].
+#include "finalize.cuh"
 #include "slice.cuh"
 #include "welford_block.cuh"
 
@@ -23,17 +26,14 @@ extern "C" __global__ void bn_fwd_stats(const float* __restrict__ x, float* __re
         p[0] = w.n;
         p[1] = w.mean;
         p[2] = w.m2;
-        __threadfence();  // the partial is visible to every block before the ticket is
+        __threadfence();  // release: the partial is visible to every block before the ticket is
         is_last = atomicAdd(&counter[c], 1u) == (unsigned)(S - 1);
+        if (is_last) __threadfence();  // acquire: and this block sees every released partial
     }
     __syncthreads();
-    if (!is_last || threadIdx.x != 0) return;
-    Welford total = {0.0f, 0.0f, 0.0f};
-    for (int k = 0; k < S; ++k) {
-        volatile const float* p = partial + ((long long)c * S + k) * 3;
-        Welford o = {p[0], p[1], p[2]};
-        total = welford_merge(total, o);
-    }
+    if (!is_last || threadIdx.x >= 32) return;
+    Welford total = merge_partials_warp(partial, c, S);
+    if (threadIdx.x != 0) return;
     float v = total.m2 / total.n;
     mean[c] = total.mean;
     var[c] = v;

@@ -1,0 +1,40 @@
+"""Batch Normalization as drop-in ``torch.nn`` modules, plus the inference-time tools.
+
+- ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d`` (``minibn.nn.modules``): the same
+  constructor, parameters, buffers, ``state_dict`` keys, train/eval behaviour, hooks and errors as
+  ``torch.nn.BatchNorm*d``, so a checkpoint loads into either. PyTorch's own generic module tests
+  run on them (``tests/nn/test_torch_module_suite.py``).
+- ``minibn.nn.functional.batch_norm``: ``torch.nn.functional.batch_norm``'s signature and
+  checks; training mode runs through ``BatchNormFunction`` (``minibn.nn.function``), whose
+  backward is minibn's closed form (``minibn.functional.batchnorm_backward``) in differentiable
+  torch ops: double backward, ``torch.func`` transforms and batched gradients work.
+- ``precise_bn(model, batches)`` and ``fold_batchnorm(layer, bn)`` (``minibn.nn.inference``):
+  population statistics after training, and folding an eval-mode BN into the layer before it.
+
+The conventions (channel axis, biased/unbiased variance, momentum, the checks and their
+messages) are ``minibn.conventions``, shared with the NumPy reference and the CUDA kernels.
+"""
+import warnings
+
+import torch
+
+from minibn.nn import functional
+from minibn.nn.function import BatchNormFunction
+from minibn.nn.inference import fold_batchnorm, precise_bn
+from minibn.nn.modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+__all__ = [
+    "BatchNormFunction",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "fold_batchnorm",
+    "functional",
+    "precise_bn",
+]
+
+# Under torch.jit.trace sizes are tensors, so batch_norm's shape checks (like torch's own) become
+# constants of the trace, and each one warns. torch silences that warning for its own modules;
+# minibn does the same for its batch norm, so that tracing a model with either reads the same.
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                        module=r"minibn\.(nn|conventions)")
