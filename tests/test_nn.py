@@ -55,8 +55,13 @@ def step(ours, theirs, x, gen, dtype):
     ya.backward(grad)
     yb.backward(grad)
     torch.testing.assert_close(xa.grad, xb.grad, **TOL[dtype])
+    # The parameter gradients are sums over the m values of each channel, of terms of either
+    # sign: in float32 both implementations are off the float64 value by up to ~sqrt(m) ulps of
+    # the terms (measured: 1.6e-5 relative for minibn, 1.8e-5 for torch, at m = 32).
+    m = x.numel() // x.shape[1]
+    tol = dict(TOL[dtype], atol=TOL[dtype]["atol"] * max(1.0, m ** 0.5))
     for (name, pa), pb in zip(ours.named_parameters(), theirs.parameters()):
-        torch.testing.assert_close(pa.grad, pb.grad, **TOL[dtype], msg=name)
+        torch.testing.assert_close(pa.grad, pb.grad, **tol, msg=name)
         pa.grad = pb.grad = None
 
 

@@ -10,8 +10,8 @@ forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``), and a ``vmap`` rule 
 
 Speed. On CPU every full-size temporary costs about as much as a pass over the data (fresh
 memory is faulted in page by page), so the forward makes only ``x - mean`` (kept for the
-backward, as torch keeps ``x``) and the output, written with ``out=``; the backward makes one
-temporary and ``dx``. ``x_hat`` itself is never stored:
+backward, as torch keeps ``x``) and the output, written with ``out=``; the backward makes one,
+``dout * (x - mean)``, and overwrites it with ``dx`` once it is summed. ``x_hat`` is never stored:
 ``out = (x - mean) * alpha + bias`` and ``dx = gain * dout + k * (x - mean) + k0`` with
 per-channel ``alpha``, ``gain``, ``k``, ``k0``.
 """
@@ -125,11 +125,12 @@ class BatchNormFunctionNoJvp(torch.autograd.Function):
         m = values_per_channel(centered.shape)
         shape = channel_shape(centered)
         inv_std = torch.rsqrt(var + ctx.eps)
-        dbias = dweight = dx = None
+        dbias = dweight = dx = product = None
         if dout is not None and (need_bias or need_x):
             dbias = channel_sum(dout)
         if dout is not None and (need_weight or need_x):
-            dweight = channel_sum(dout * centered) * inv_std
+            product = dout * centered
+            dweight = channel_sum(product) * inv_std
         if need_x:
             k = torch.zeros_like(var)   # coefficient of c = x - mean
             k0 = torch.zeros_like(var)  # constant
@@ -143,9 +144,14 @@ class BatchNormFunctionNoJvp(torch.autograd.Function):
                 k0 = k0 + dmean / m
             if dcentered is not None:
                 k0 = k0 - channel_sum(dcentered) / m
-            dx = scale_shift(centered, k.view(shape), k0.view(shape))
-            if dout is not None:
-                dx.addcmul_(dout, gain.view(shape))
+            if product is None:
+                dx = scale_shift(centered, k.view(shape), k0.view(shape))
+            else:
+                # dx = gain * dout + k * c + k0, written over dout * c (summed, no longer needed):
+                # a fresh x-sized tensor costs more than the extra pass (its pages are faulted
+                # in one by one).
+                dx = product.copy_(dout).mul_(gain.view(shape))
+                dx.addcmul_(centered, k.view(shape)).add_(k0.view(shape))
             if dcentered is not None:
                 dx = dx + dcentered
         return dx, dweight if need_weight else None, dbias if need_bias else None, None

@@ -18,14 +18,19 @@ def busy_sms(channels, splits, blocks_per_sm, sms=SMS):
 
 def step_blocks(channels, block=256, batch=256, hw=56 * 56, sms=SMS):
     """``{step: blocks}`` of each CUDA C step's statistics launch (its first kernel) at
-    ``batch x channels x hw``, from the progression's own launch table."""
+    ``batch x channels x hw``, from the progression's own launch table; steps that cannot launch
+    with this block size are left out."""
     from minibn.cuda.progression import STEPS
 
     found = {}
     for step in STEPS:
         if "stats" not in step.modes:
             continue
-        first = step.launch(batch, channels, hw, block=block, mode="stats", sm_count=sms).launches[0]
+        try:
+            plan = step.launch(batch, channels, hw, block=block, mode="stats", sm_count=sms)
+        except ValueError:  # this step refuses the block size (K1's tree needs a power of two)
+            continue
+        first = plan.launches[0]
         grid = first.grid + (1,) * (3 - len(first.grid))
         found[step.key] = grid[0] * grid[1] * grid[2]
     return found

@@ -25,3 +25,19 @@ def test_explorer_draws_one_figure_headless(monkeypatch):
     assert "40/64 warps (registers)" in left.get_legend().get_texts()[0].get_text()
     assert "128 blocks, 128/132 SMs busy" in right.get_legend().get_texts()[0].get_text()
     plt.close("all")
+
+
+def test_every_block_size_the_slider_offers_draws():
+    # The slider moves in steps of 32; K1's tree only takes powers of two, so the explorer must
+    # leave K1's marker out rather than raise (a learner's first nudge, 256 -> 288, did).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from minibn.widgets import gpu_kernels as g
+
+    for block in range(32, 1025, 32):
+        g.draw_occupancy(block=block)
+        plt.close("all")
+    assert "K1" not in g.step_blocks(64, block=288) and "K3" in g.step_blocks(64, block=288)
