@@ -3,6 +3,7 @@
 - ``HideTestTracebacks``: a failing test cell shows the learner the check's message only. The
   traceback would quote the lines of the hidden-test region and the checker's internals; the
   message (quantity, case, worst index, expected vs received, hint) is what a learner needs.
+  A trace IPython fell back to printing on stderr is cut to its last line the same way.
 - ``CapOutputs``: nbgrader caps stream output by lines but not rich output; a huge HTML display
   or image would bloat the autograded notebook and the feedback page. Any output larger than
   ``max_bytes`` is replaced by a one-line note.
@@ -26,6 +27,12 @@ class HideTestTracebacks(Preprocessor):
             for output in cell.get("outputs", []):
                 if output.get("output_type") == "error":
                     output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+                elif output.get("name") == "stderr" and "Traceback (most recent call last)" in \
+                        "".join(output.get("text", "")):
+                    # IPython prints the trace as plain stderr when a learner broke its exception
+                    # formatting (patched functions): keep only the final exception line.
+                    lines = [ln for ln in "".join(output["text"]).splitlines() if ln.strip()]
+                    output["text"] = lines[-1] + "\n"
         return cell, resources
 
 

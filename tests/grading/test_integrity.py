@@ -128,6 +128,20 @@ def test_feedback_keeps_the_message_but_not_the_traceback():
     assert nb.cells[0].outputs[0].traceback == ["AssertionError: out is wrong (hint)"]
 
 
+def test_a_trace_ipython_printed_on_stderr_is_cut_to_its_last_line():
+    # A learner who patches the functions IPython formats exceptions with makes it print the
+    # raw trace, through the checks' internals, on stderr instead of as an error output.
+    trace = nbformat.v4.new_output(
+        "stream", name="stderr",
+        text="Unexpected exception formatting exception. Falling back to standard exception\n"
+             "Traceback (most recent call last):\n  File \"/x/minibn/checks/_core.py\", line 3\n"
+             "AssertionError: var is wrong (hint)\n")
+    warning = nbformat.v4.new_output("stream", name="stderr", text="UserWarning: slow\n")
+    nb, _ = feedback.HideTestTracebacks().preprocess(_nb_with_outputs([trace, warning]), {})
+    assert [o.text for o in nb.cells[0].outputs] == ["AssertionError: var is wrong (hint)\n",
+                                                     "UserWarning: slow\n"]
+
+
 def test_huge_outputs_are_capped():
     big = nbformat.v4.new_output("display_data", data={"text/html": "<b>x</b>" * 100_000})
     small = nbformat.v4.new_output("stream", name="stdout", text="ok\n")
