@@ -116,10 +116,13 @@ def command(argv, *, workdir, env, limits=Limits(), ro_files=(), rw_dirs=()):
     bwrap = bwrap_path()
     if bwrap is None:
         raise SandboxUnavailable("bwrap (bubblewrap) is not installed. " + INSTALL_HINT)
+    # The interpreter, venv and package are bound after the private /tmp, so that a checkout
+    # under /tmp (a CI clone, say) is not hidden by it.
     args = [bwrap, "--unshare-all", "--die-with-parent", "--cap-drop", "ALL",
-            *_system_mounts(), *_python_mounts(),
+            *_system_mounts(),
             "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+            *_python_mounts(),
             "--size", str(limits.tmp_bytes), "--tmpfs", str(workdir)]
     for inside, outside in dict(ro_files).items():
         args += ["--ro-bind", str(outside), str(inside)]
