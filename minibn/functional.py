@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from minibn.conventions import array_namespace, check_batch_size, check_eps, check_momentum
 from minibn.conventions import channel_shape as _channel_shape
 from minibn.conventions import reduce_axes as _reduce_axes

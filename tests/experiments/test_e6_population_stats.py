@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from minibn import nn as mnn
 from minibn.experiments import e6_population_stats as e6
 from minibn.experiments import torch_train
 from minibn.experiments.torch_mlp import MLP
