@@ -4,6 +4,7 @@ The rules are checked against torch where torch has them (its wording, its runni
 update), on NumPy arrays and torch tensors alike, since every part of minibn calls these."""
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from minibn import conventions as cv
 
@@ -136,3 +139,60 @@ def test_no_module_restates_the_channel_reshape_or_the_momentum_update():
         text = path.read_text()
         assert not reshape.search(text), path
         assert not update.search(text), path
+
+
+def _bessel_restatements(path):
+    """``... n ... / (n - 1)`` in the code of ``path`` (not its docstrings): Bessel's correction
+    written out instead of called as ``unbiased_variance``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)):
+            continue
+        right = node.right
+        if (isinstance(right, ast.BinOp) and isinstance(right.op, ast.Sub)
+                and isinstance(right.right, ast.Constant) and right.right.value == 1):
+            name = ast.unparse(right.left)
+            if name in {ast.unparse(n) for n in ast.walk(node.left)}:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_bessels_correction_has_one_home():
+    found = [hit for p in _implementation_files() for hit in _bessel_restatements(p)]
+    assert found == ["minibn/conventions.py:" + str(_bessel_line())], found
+
+
+def _bessel_line():
+    return next(i for i, line in enumerate((ROOT / "minibn/conventions.py").read_text()
+                                           .splitlines(), 1) if "return var * m / (m - 1)" in line)
+
+
+# K5's running update is written in CUDA C, which cannot call conventions.py: it is kept, since
+# the fused update (the last block of a channel finishes its statistics and updates the running
+# ones in the same launch) is what the kernel step teaches, and pinned here to conventions' rule
+# on the kernel's own batch statistics. The tolerance is a few float32 rounding steps: using the
+# biased variance instead of m/(m - 1) times it moves the result by 1/(m - 1) (2e-4 at the
+# largest m drawn), and a swapped momentum by far more.
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(n=st.integers(1, 6), c=st.integers(1, 4), hw=st.integers(1, 40),
+       momentum=st.sampled_from([0.0, 1.0]) | st.floats(0.0, 1.0),
+       offset=st.floats(-50.0, 50.0), seed=st.integers(0, 2**16))
+def test_k5_kernels_running_update_is_conventions_rule(n, c, hw, momentum, offset, seed):
+    from minibn.cuda import progression
+
+    assume(n * hw >= 2)
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(offset, rng.uniform(0.1, 3.0), (n, c, hw))).astype(np.float32)
+    gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+    running_mean = rng.normal(0.0, 2.0, c).astype(np.float32)
+    running_var = rng.uniform(0.1, 4.0, c).astype(np.float32)
+    got_mean, got_var = running_mean.copy(), running_var.copy()
+    _, mean, var, _ = progression.forward("K5", x, gamma, beta, block=32, splits=2,
+                                          running_mean=got_mean, running_var=got_var,
+                                          momentum=momentum)
+    m = cv.values_per_channel(x.shape)
+    want_mean = cv.update_running_stat(running_mean.astype(np.float64), mean, momentum)
+    want_var = cv.update_running_stat(running_var.astype(np.float64),
+                                      cv.unbiased_variance(var.astype(np.float64), m), momentum)
+    np.testing.assert_allclose(got_mean, want_mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_var, want_var, rtol=1e-6)

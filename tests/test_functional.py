@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minibn import functional as bn
@@ -116,6 +116,40 @@ def test_channels_last_torch_tensor_layout_agrees(rng):
     assert not x.flags.c_contiguous
     _, gamma, beta, dout = make(rng, x.shape)
     assert_matches_torch(x, gamma, beta, dout)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=3, max_size=5).map(tuple),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       layout=st.sampled_from(["fortran", "channels_last", "every_other"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_row_layout_of_contiguous_arrays_agrees_with_the_plain_broadcast(shape, dtype, layout,
+                                                                         seed):
+    """A C-contiguous input is computed as rows with repeated per-channel vectors
+    (``functional._Rows``); any other layout by the plain ``v.reshape(1, C, 1, ...)``
+    broadcast. Element for element the arithmetic is the same; only BLAS's summation order in
+    the reductions may differ (it depends on the rows' alignment in memory)."""
+    if shape[0] * np.prod(shape[2:]) < 2:
+        shape = (2,) + shape[1:]
+    rng = np.random.default_rng(seed)
+    x, gamma, beta, dout = make(rng, shape, dtype, loc=3.0)
+    if layout == "fortran":
+        strided = [np.asfortranarray(a) for a in (x, dout)]
+    elif layout == "channels_last":
+        strided = [np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1) for a in (x, dout)]
+    else:
+        strided = [np.repeat(a, 2, axis=-1)[..., ::2] for a in (x, dout)]
+    assume(not strided[0].flags.c_contiguous)  # e.g. one sample and one channel: both orders
+    results = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bn._Rows, "ROWS_FROM", 0)  # rows for any size, so for these small arrays
+        assert bn._Rows(x).repeat and not bn._Rows(strided[0]).repeat
+        for xi, di in ((x, dout), strided):
+            out, cache = bn.batchnorm_forward(xi, gamma, beta)
+            results.append((out, cache.x_hat, cache.mean, cache.var)
+                           + bn.batchnorm_backward(di, cache))
+    for fast, plain in zip(*results):
+        np.testing.assert_allclose(fast, plain, **TOL[dtype])
 
 
 # ---------------------------------------------------------------- the three backwards
@@ -296,6 +330,12 @@ def _call_forward(x=None, gamma=None, beta=None, eps=1e-5):
      "(or values whose sum overflows float32)"),
     (dict(x=np.array([[3e38, 1, 1], [-3e38, 2, 2]], np.float32)[:, :, None]), ValueError,
      "the variance of x overflows float32 in channel(s) [0]"),
+    # large enough for the BLAS reductions (functional._LARGE), which warn unless told not to
+    (dict(x=np.full((4, 2, 64, 64), 3e38, np.float32)), ValueError,
+     "(or values whose sum overflows float32)"),
+    (dict(x=np.concatenate([np.full((2, 2, 64, 64), 1e34, np.float32),
+                            np.full((2, 2, 64, 64), -1e34, np.float32)])), ValueError,
+     "the variance of x overflows float32 in channel(s) [0, 1]"),
     (dict(eps=-1e-5), ValueError, "eps must be non-negative"),
     (dict(eps=float("nan")), ValueError, "eps must be non-negative"),
 ], ids=lambda v: v if isinstance(v, str) else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minibn.conventions import is_cupy
 from minibn.cuda import cpu_memory
 from minibn.cuda.executor import CpuRawModule, check_args, parse_kernels
 from minibn.cuda.sources import source
@@ -15,10 +16,6 @@ from minibn.cuda.sources import source
 __all__ = ["Runtime", "gpu_available", "is_cupy", "runtime_for"]
 
 NVRTC_OPTIONS = ("--std=c++17",)
-
-
-def is_cupy(a):
-    return type(a).__module__.split(".")[0] == "cupy"
 
 
 def gpu_available():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minibn.conventions import unbiased_variance, update_running_stat
 from minibn.experiments.progress import progress_bar
 from minibn.experiments.torch_mlp import MLP
 from minibn.experiments.torch_train import (accuracy, batch_moments, batches, load_data,
@@ -43,7 +44,8 @@ def bessel_estimate(means, variances, m):
     """
     if m < 2:
         raise ValueError(f"batch size m must be at least 2 for m/(m-1), got {m}")
-    return torch.stack(list(means)).mean(0), torch.stack(list(variances)).mean(0) * m / (m - 1)
+    mean_var = torch.stack(list(variances)).mean(0)
+    return torch.stack(list(means)).mean(0), unbiased_variance(mean_var, m)
 
 
 class EMA:
@@ -59,9 +61,10 @@ class EMA:
                       for w in widths]
 
     def update(self, moments, m):
-        lam = self.lam
-        self.stats = [(lam * mean + (1 - lam) * mu, lam * var + (1 - lam) * v * m / (m - 1))
-                      for (mean, var), (mu, v) in zip(self.stats, moments)]
+        momentum = 1 - self.lam
+        for (mean, var), (mu, v) in zip(self.stats, moments):
+            update_running_stat(mean, mu, momentum)
+            update_running_stat(var, unbiased_variance(v, m), momentum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ def run_r1(data, cfg, seed, progress=True):
     rec.update({f"ema_{lam}": [] for lam in cfg["ema"]})
 
     def probe(t):
-        exact = [(m, v * len(x_train) / (len(x_train) - 1))
+        exact = [(m, unbiased_variance(v, len(x_train)))
                  for m, v in train_mode_moments(model, x_train)]
         precise = precise_bn(model, x_train, cfg["precise_batch"], stat_gen, cfg["precise_batches"])
         rec["step"].append(t)

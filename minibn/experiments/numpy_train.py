@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from minibn.conventions import unbiased_variance
 from minibn.experiments.numpy_mlp import DTYPE, BatchNorm, softmax_cross_entropy
 from minibn.experiments.progress import progress_bar
 
@@ -47,7 +48,7 @@ def set_population_stats(model, x):
     for layer in model.layers:
         if isinstance(layer, BatchNorm):
             layer.running_mean[...] = h.mean(axis=0)
-            layer.running_var[...] = h.var(axis=0) * m / (m - 1)
+            layer.running_var[...] = unbiased_variance(h.var(axis=0), m)
         h = layer.forward(h, train=False)
     return model
 

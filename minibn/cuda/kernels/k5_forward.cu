@@ -39,7 +39,9 @@ extern "C" __global__ void bn_fwd_stats(const float* __restrict__ x, float* __re
     var[c] = v;
     invstd[c] = rsqrtf(v + eps);
     if (update_running) {
-        // The running variance estimates the population variance: unbiased, n / (n - 1).
+        // The running variance estimates the population variance: unbiased, n / (n - 1). The rule
+        // is minibn.conventions' (update_running_stat, unbiased_variance), which C cannot call;
+        // tests/test_bn_conventions.py pins this copy to it.
         running_mean[c] = (1.0f - momentum) * running_mean[c] + momentum * total.mean;
         running_var[c] = (1.0f - momentum) * running_var[c] + momentum * v * total.n / (total.n - 1.0f);
     }
