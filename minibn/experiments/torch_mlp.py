@@ -2,8 +2,8 @@
 
 ``MLP(sizes, norm, ...)``: hidden layers Linear -> normalization -> ReLU, a Linear output.
 The normalizations are plain functions over the batch axis 0 (the channel axis is 1):
-``batch_normalize``, ``lp_normalize`` (Santurkar's ℓp), ``ghost_normalize`` (ghost BN),
-``layer_normalize``; ``santurkar_noise`` draws noisy BN's perturbation. Parameters are plain
+``batch_normalize``, ``lp_normalize`` (Santurkar's ℓp), ``layer_normalize``, and ghost BN
+from ``minibn.nn.ghost``; ``santurkar_noise`` draws noisy BN's perturbation. Parameters are plain
 tensors so that experiments can move them by hand (ICS, landscape probes). Training pieces:
 ``torch_train``.
 """
@@ -13,8 +13,10 @@ import math
 
 import torch
 
-__all__ = ["EPS", "LABELS", "MLP", "VARIANTS", "batch_normalize", "ghost_normalize",
-           "layer_normalize", "lp_normalize", "santurkar_noise"]
+from minibn.nn.ghost import ghost_batch_norm
+
+__all__ = ["EPS", "LABELS", "MLP", "VARIANTS", "batch_normalize", "layer_normalize",
+           "lp_normalize", "santurkar_noise"]
 
 VARIANTS = ("std", "bn", "noisy_bn", "l1", "l2", "linf")
 LABELS = {"std": "standard", "bn": "BatchNorm", "noisy_bn": "noisy BatchNorm",
@@ -40,15 +42,6 @@ def batch_normalize(h, eps=EPS):
     mean = h.mean(0)
     var = h.var(0, unbiased=False)
     return (h - mean) / torch.sqrt(var + eps)
-
-
-def ghost_normalize(h, group, eps=EPS):
-    """BatchNorm over consecutive groups of ``group`` samples (ghost BN); N must divide."""
-    n, d = h.shape
-    g = h.reshape(n // group, group, d)
-    mean = g.mean(1, keepdim=True)
-    var = g.var(1, unbiased=False, keepdim=True)
-    return ((g - mean) / torch.sqrt(var + eps)).reshape(n, d)
 
 
 def layer_normalize(h, eps=EPS):
@@ -109,7 +102,7 @@ class MLP:
         if self.norm in ("bn", "noisy_bn"):
             return batch_normalize(h)
         if self.norm == "ghost":
-            return ghost_normalize(h, min(self.group, h.shape[0]))
+            return ghost_batch_norm(h, min(self.group, h.shape[0]), eps=EPS)
         if self.norm == "ln":
             return layer_normalize(h)
         return lp_normalize(h, {"l1": 1, "l2": 2, "linf": math.inf}[self.norm])

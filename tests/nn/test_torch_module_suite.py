@@ -1,10 +1,13 @@
-"""PyTorch's generic module tests, run on minibn's BatchNorm1d/2d/3d with torch's own as a control.
+"""PyTorch's generic module tests, run on minibn's normalization modules with torch's as a control.
+
+The modules: ``BatchNorm1d/2d/3d``, and lesson 09's ``GroupNorm``, ``LayerNorm`` and
+``InstanceNorm2d``.
 
 torch ships its module database (``torch.testing._internal.common_modules``: one ``ModuleInfo``
 per module, with constructor arguments, inputs and the error cases) in the wheel, but not the
 test file that runs it (upstream ``test/test_modules.py``, class ``TestModule``). This file
 reimplements that class's tests, one method per upstream test and with upstream's logic (what
-it builds, calls and compares), here for the three BatchNorm entries only. Each entry is run
+it builds, calls and compares), here for the entries of the modules above only. Each entry is run
 twice: as shipped (torch's class, the control, which must pass everywhere so that a failure is
 minibn's) and with ``module_cls`` replaced by minibn's class (test names ``..._minibn_...``).
 
@@ -52,7 +55,8 @@ from torch.testing._internal.common_utils import (
 from minibn import nn as mnn
 
 _PAIRS = {torch.nn.BatchNorm1d: mnn.BatchNorm1d, torch.nn.BatchNorm2d: mnn.BatchNorm2d,
-          torch.nn.BatchNorm3d: mnn.BatchNorm3d}
+          torch.nn.BatchNorm3d: mnn.BatchNorm3d, torch.nn.GroupNorm: mnn.GroupNorm,
+          torch.nn.LayerNorm: mnn.LayerNorm, torch.nn.InstanceNorm2d: mnn.InstanceNorm2d}
 
 
 class _MinibnModuleInfo(ModuleInfo):
@@ -71,7 +75,8 @@ class _MinibnModuleInfo(ModuleInfo):
             gradcheck_nondet_tol=torch_info.gradcheck_nondet_tol,
             module_memformat_affects_out=torch_info.module_memformat_affects_out,
             train_and_eval_differ=torch_info.train_and_eval_differ,
-            module_error_inputs_func=lambda _info, **kwargs: torch_errors(torch_info, **kwargs),
+            module_error_inputs_func=None if torch_errors is None else
+            lambda _info, **kwargs: torch_errors(torch_info, **kwargs),
             gradcheck_fast_mode=torch_info.gradcheck_fast_mode,
         )
 
@@ -83,7 +88,7 @@ class _MinibnModuleInfo(ModuleInfo):
 TORCH_INFOS = [info for info in module_db if info.module_cls in _PAIRS]
 MINIBN_INFOS = [_MinibnModuleInfo(info) for info in TORCH_INFOS]
 DB = MINIBN_INFOS + TORCH_INFOS
-assert len(TORCH_INFOS) == 3, "torch's module database no longer has the three BatchNorm entries"
+assert len(TORCH_INFOS) == len(_PAIRS), "torch's module database lost an entry tested here"
 
 
 def _traverse(obj, fn):
@@ -145,9 +150,10 @@ class TestModule(TestCase):
                 outputs = m(*args, **kwargs)
                 if module_input.reference_fn is not None:
                     self.assertEqual(outputs, module_input.reference_fn(m, *args, **kwargs))
-                to_dtype[dtype](m)
-                m(*args, **kwargs)
-                self._assert_placement(m, device, dtype)
+                if dtype in to_dtype:  # upstream converts float32/float64 only
+                    to_dtype[dtype](m)
+                    m(*args, **kwargs)
+                    self._assert_placement(m, device, dtype)
 
     @modules(DB)
     def test_factory_kwargs(self, device, dtype, module_info, training):
