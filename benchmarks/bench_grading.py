@@ -1,19 +1,20 @@
 """Grading throughput: seconds per submission of lesson 01, serial vs parallel.
 
-Grades ``--n`` copies (default 100) of the lesson 01 solution notebook, each as its own student,
+Grades ``--n`` copies (default 200) of the lesson 01 solution notebook, each as its own student,
 three ways in the same run, interleaved over ``--repeats``:
 
 - ``nbgrader``: plain ``nbgrader autograde`` (serial, in-kernel only): the peer;
 - ``minibn x1``: ``minibn.grading.grade`` with one worker (autograde in the bubblewrap sandbox +
   the re-grade, its learner side sandboxed and its verdict in a grader process + integrity scans +
   similarity + feedback);
-- ``minibn xK``: the same with K workers (default: the CPU count).
+- ``minibn xK``: the same with K workers (default 2).
 
 Prints seconds per submission (min over repeats) and each one's ratio to the peer. The fixed
 costs (nbgrader start-up, generating the lesson, feedback) are included: they are what an
-instructor waits for.
+instructor waits for. While each mode runs, a progress bar with the elapsed time and an ETA goes
+to stderr (``make grade``'s own for minibn; for nbgrader, one step per autograded notebook).
 
-    .venv/bin/python benchmarks/bench_grading.py [--n 100] [--workers K] [--repeats 1]
+    .venv/bin/python benchmarks/bench_grading.py [--n 200] [--workers 2] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,23 +44,42 @@ def make_course(root, n):
         shutil.copy(notebook, dest / notebook.name)
 
 
+def _log(label):
+    return lambda line, **_: print(f"{label}: {line}", file=sys.stderr, flush=True)
+
+
+def _watch_autograded(course, n, label, stop):
+    """nbgrader prints no progress: count the autograded notebooks as they appear."""
+    pairs = [(p.name, LESSON) for p in sorted((course / "submitted").iterdir())]
+    grade._count_autograded(course, pairs, grade._Progress(n, _log(label)), stop)
+
+
 def plain_nbgrader(course):
     env = nbgrader_cli.nbgrader_env({"MINIBN_FAST": "1", "MINIBN_STATIC": "1", "MPLBACKEND": "Agg",
                                      "MINIBN_GRADING_SECRET": "bench"})
     nbgrader_cli.run(["generate_assignment", LESSON, "--force"], course, env=env)
-    nbgrader_cli.run(["autograde", LESSON, "--force"], course, env=env, check=False)
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_autograded, daemon=True,
+                               args=(course, len(list((course / "submitted").iterdir())), "nbgrader", stop))
+    watcher.start()
+    try:
+        nbgrader_cli.run(["autograde", LESSON, "--force"], course, env=env, check=False)
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def minibn_grade(course, workers):
     # Every submission is the instructor's notebook: an exact copy of the solution, expected here.
     students = [p.name for p in (course / "submitted").iterdir()]
-    grade.grade(course, workers=workers, secret="bench", log=lambda *a, **k: None, self_check_students=students)
+    grade.grade(course, workers=workers, secret="bench", log=_log(f"minibn x{workers}"),
+                self_check_students=students)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=100, help="submissions (default 100)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--n", type=int, default=200, help="submissions (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the parallel mode (default 2)")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     if not (ROOT / "solutions" / LESSON).is_dir():

@@ -68,3 +68,23 @@ def test_runs_headless(path, headless_env):
             assert not values, f"test cell {cell.get('id')} left a value nbgrader would read as the score"
         errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
         assert not errors, f"cell {i} ({cell.get('id')}) has an error output: {errors[0].get('ename')}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solution_scores_full_marks_in_the_regrade(path):
+    """The grade is the out-of-process re-grade's, not the notebook's run: there, the instructor's
+    own notebook gets every test cell's points. An exercise whose argument is not data (a model,
+    a function) only reaches the sandbox through its check's compute/judge halves, and a check
+    without them scores 0 here while passing in the notebook."""
+    from minibn.grading import regrade as rg
+
+    source = nbs.read(path)
+    plan = rg.build_plan(source, source, conventions.learner_functions(source))
+    env = {"MINIBN_GRADING_SECRET": "test-secret", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    result = rg.regrade(plan, student="self-check", env=env, cell_timeout=120, self_check=True)
+    short = {gid: (t["score"], t["points"], (t.get("error") or "")[:300])
+             for gid, t in result["tests"].items()}
+    assert result["tests"] and all(t["score"] == t["points"] > 0 for t in result["tests"].values()), short
+    assert result["flags"] == [], result["flags"]

@@ -288,6 +288,18 @@ class Exercise:
     - ``require``: validates the learner's object before anything runs (default: callable).
     - ``summary``: one line for the docstrings: what the learner's function does.
 
+    - ``compute(obj, case) -> answers`` and ``judge(answers, case)``, instead of ``check_case``,
+      for an exercise whose learner object is not arrays in, arrays out (a class, a function of a
+      model). ``compute`` only runs the learner's object on the case and returns plain data
+      (NumPy arrays, numbers, strings, lists and dicts of them); it may raise ``AssertionError``
+      to *fail* the case, but every decision that passes it is ``judge``'s, which sees only the
+      answers and the case. ``check_case`` is then ``judge(compute(obj, case), case)``. At grading
+      time the two halves run in different processes: ``compute`` in the sandbox, next to the
+      learner's object, on the case it rebuilds from ``(which, index, seed)``; ``judge`` in the
+      grader (see docs/grading.md, "Answers that are not data"). An exception the learner's code
+      raises in a later step is kept as ``answers["raised"]`` and re-raised by ``answer()`` where
+      ``judge`` reaches that step, so the messages come in the same order as in one process.
+
     ``checks()`` returns ``(check_X, check_X_randomized)``: plain functions with docstrings whose
     parameter is named after the learner's function, run inside one ``quiet()`` scope each.
     """
@@ -299,12 +311,37 @@ class Exercise:
     summary: str = ""
     extra_checks: tuple = ()
     require: object = None
+    compute: object = None
+    judge: object = None
+
+    def __post_init__(self):
+        if (self.compute is None) != (self.judge is None):
+            raise ValueError(f"exercise {self.name}: give both compute and judge, or neither")
+        if self.compute is not None and self.check_case is None:
+            object.__setattr__(self, "check_case", lambda fn, case: self.judge(self.compute(fn, case), case))
+        if self.check_case is None:
+            raise ValueError(f"exercise {self.name}: give check_case, or compute and judge")
 
     def _require(self, fn):
-        if self.require is not None:
+        remote = _remote(fn) if self.compute is not None else None
+        if remote is not None:
+            remote(self, "require", 0, None)
+        elif self.require is not None:
             self.require(fn)
         else:
             require_callable(fn, self.name)
+
+    def _run(self, fn, which, index, case, seed=None):
+        remote = _remote(fn) if self.compute is not None else None
+        if remote is None:
+            return self.check_case(fn, case)
+        self.judge(remote(self, which, index, seed), case)
+
+    def _run_extra(self, fn, index, extra):
+        remote = _remote(fn) if isinstance(extra, Split) else None
+        if remote is None:
+            return extra(fn)
+        extra.judge(remote(self, "extra", index, None))
 
     def hidden_cases(self, seed):
         """The randomized cases for ``seed``, each description naming the case and the seed."""
@@ -318,18 +355,18 @@ class Exercise:
         """Run ``fn`` on every public case, then the extra checks. Returns None."""
         self._require(fn)
         with quiet():
-            for case in self.public_cases():
-                self.check_case(fn, case)
-            for extra in self.extra_checks:
-                extra(fn)
+            for i, case in enumerate(self.public_cases()):
+                self._run(fn, "public", i, case)
+            for i, extra in enumerate(self.extra_checks):
+                self._run_extra(fn, i, extra)
 
     def check_randomized(self, fn, seed=None):
         """Run ``fn`` on the hidden cases of ``seed`` (default: the grading seed). Returns None."""
         self._require(fn)
         seed = grading_seed(self.name) if seed is None else int(seed)
         with quiet():
-            for case in self.hidden_cases(seed):
-                self.check_case(fn, case)
+            for i, case in enumerate(self.hidden_cases(seed)):
+                self._run(fn, "hidden", i, case, seed)
 
     def checks(self, check_name=None, module=None):
         """``(check_X, check_X_randomized)`` for this exercise, X = ``check_name or name``."""
@@ -368,6 +405,35 @@ class Exercise:
             f.__signature__ = sig.replace(parameters=params)
             f.exercise = self
         return check, check_randomized
+
+
+class Split:
+    """An extra check in two halves, like an exercise's ``compute`` and ``judge``: ``compute(obj)``
+    runs the learner's object and returns plain data, ``judge(answers)`` decides."""
+
+    def __init__(self, compute, judge, doc):
+        self.compute, self.judge, self.__doc__, self.__name__ = compute, judge, doc, compute.__name__
+
+    def __call__(self, obj):
+        self.judge(self.compute(obj))
+
+
+def answer(answers, key):
+    """``answers[key]``; if ``compute`` stopped before that step, the exception it stopped on."""
+    if key in answers:
+        return answers[key]
+    raised = answers.get("raised")
+    if isinstance(raised, BaseException):
+        raise raised
+    raise AssertionError(f"the answers hold no {key}")
+
+
+def _remote(obj):
+    """The grader's stand-in for a learner object in the sandbox offers ``minibn_compute``
+    (``minibn.grading.verdict.RemoteFunction``); a learner's own object never reaches a grader
+    check, so in JupyterLab this is always None and everything runs in one process."""
+    compute = getattr(type(obj), "minibn_compute", None)
+    return None if compute is None else compute.__get__(obj)
 
 
 def properties(case):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minibn.checks._core import Case, Exercise, Hint, assert_close, fmt, require_callable
+from minibn.checks._core import Case, Exercise, Hint, Split, answer, assert_close, fmt, require_callable
 
 __all__ = [
     "check_batchnorm_function",
@@ -92,19 +92,37 @@ def _reference(x, w, b, dout, eps, variant="ok"):
     return out.detach().numpy(), x.grad.numpy(), w.grad.numpy(), b.grad.numpy()
 
 
-def _check_function_case(fn, case):
+def _function_compute(fn, case):
+    """The learner's Function on one case: its output and gradients, as plain data."""
     torch = _torch()
-    x0, w0, b0, dout, eps = case["x"], case["w"], case["b"], case["dout"], case["eps"]
-    x = x0.clone().requires_grad_()
-    w = w0.clone().requires_grad_()
-    b = b0.clone().requires_grad_()
-    out = fn.apply(x, w, b, eps)
+    x = case["x"].clone().requires_grad_()
+    w = case["w"].clone().requires_grad_()
+    b = case["b"].clone().requires_grad_()
+    out = fn.apply(x, w, b, case["eps"])
     if isinstance(out, tuple):
         raise AssertionError("BatchNormFunction.forward must return the output tensor only, "
                              f"got a tuple of {len(out)}")
     if not isinstance(out, torch.Tensor):
         raise AssertionError(f"BatchNormFunction.forward must return a tensor, got "
                              f"{type(out).__name__}")
+    answers = {"out": _np(out, "out", case), "dtype": str(out.dtype), "name": fn.__name__,
+               "channels_last": out.is_contiguous(memory_format=torch.channels_last),
+               "grad_fn": None if out.grad_fn is None else type(out.grad_fn).__name__}
+    if answers["grad_fn"] != f"{fn.__name__}Backward":
+        return answers  # judge stops there: the learner's backward never ran
+    try:
+        out.backward(case["dout"])
+    except Exception as err:  # noqa: BLE001 - the learner's backward; judge raises it in turn
+        answers["raised"] = err
+        return answers
+    for name, t in (("dx", x.grad), ("dweight", w.grad), ("dbias", b.grad)):
+        answers[name] = None if t is None else _np(t, name, case)
+    return answers
+
+
+def _function_judge(answers, case):
+    torch = _torch()
+    x0, w0, b0, dout, eps = case["x"], case["w"], case["b"], case["dout"], case["eps"]
     expected = _reference(x0, w0, b0, dout, eps)
     variants = {v: _reference(x0, w0, b0, dout, eps, v)
                 for v in ("per_position", "per_sample", "unbiased", "frozen")}
@@ -118,50 +136,57 @@ def _check_function_case(fn, case):
         Hint(variants["unbiased"][0], "normalize with the biased variance (correction=0 / "
              "unbiased=False); only the running variance is unbiased."),
     ]
-    assert_close("out", _np(out, "out", case), expected[0], case, atol=atol, rtol=rtol,
+    assert_close("out", answer(answers, "out"), expected[0], case, atol=atol, rtol=rtol,
                  hints=stat_hints)
-    if out.dtype != x0.dtype:
-        raise AssertionError(f"out has dtype {out.dtype}, expected {x0.dtype} ({case.description})")
+    if answers.get("dtype") != str(x0.dtype):
+        raise AssertionError(f"out has dtype {answers.get('dtype')}, expected {x0.dtype} "
+                             f"({case.description})")
     if x0.is_contiguous(memory_format=torch.channels_last) and x0.shape[2:] != (1, 1) and \
-            not out.is_contiguous(memory_format=torch.channels_last):
+            answers.get("channels_last") is not True:
         raise AssertionError(
             f"out lost the channels_last memory format of x ({case.description}): keep x's "
             "layout (elementwise ops and torch.empty_like do; .view/.contiguous() may not), as "
             "torch.nn.BatchNorm2d does, so the next channels_last conv needs no copy.")
-    backward_name = f"{fn.__name__}Backward"
-    if out.grad_fn is None or type(out.grad_fn).__name__ != backward_name:
-        got = None if out.grad_fn is None else type(out.grad_fn).__name__
+    name = str(answers.get("name"))
+    backward_name = f"{name}Backward"
+    if answers.get("grad_fn") != backward_name:
         raise AssertionError(
-            f"out.grad_fn is {got}, expected {backward_name}: call the Function with "
-            f"{fn.__name__}.apply(x, weight, bias, eps) so that your backward runs "
+            f"out.grad_fn is {answers.get('grad_fn')}, expected {backward_name}: call the Function "
+            f"with {name}.apply(x, weight, bias, eps) so that your backward runs "
             f"({case.description}).")
-    out.backward(dout)
     dx_hints = [
         Hint(variants["frozen"][1], "dx ignores the paths through the batch mean and variance; "
              "dx = weight * inv_std / m * (m*dout - sum(dout) - x_hat * sum(dout * x_hat))."),
         Hint(expected[1] / np.reshape(w0.detach().double().numpy(), (1, -1, 1, 1)),
              "dx is missing the factor weight (gamma)."),
     ]
-    for name, t, want, hints in (("dx", x.grad, expected[1], dx_hints),
-                                 ("dweight", w.grad, expected[2],
-                                  [Hint(expected[3], "dweight and dbias are swapped.")]),
-                                 ("dbias", b.grad, expected[3],
-                                  [Hint(expected[2], "dweight and dbias are swapped.")])):
-        if t is None:
+    for name, want, hints in (("dx", expected[1], dx_hints),
+                              ("dweight", expected[2], [Hint(expected[3], "dweight and dbias are swapped.")]),
+                              ("dbias", expected[3], [Hint(expected[2], "dweight and dbias are swapped.")])):
+        got = answer(answers, name)
+        if got is None:
             raise AssertionError(f"{name} is None: backward must return (dx, dweight, dbias, None) "
                                  f"({case.description})")
-        assert_close(name, _np(t, name, case), want, case, atol=atol, rtol=rtol, hints=hints)
+        assert_close(name, got, want, case, atol=atol, rtol=rtol, hints=hints)
 
 
-def _gradcheck(fn):
+_GRADCHECK = "float64 x of shape (3, 2, 2, 2), torch.autograd.gradcheck"
+
+
+def _gradcheck_compute(fn):
+    """torch.autograd.gradcheck in float64"""
     torch = _torch()
-    case = _function_case("float64 x of shape (3, 2, 2, 2), torch.autograd.gradcheck",
-                          (3, 2, 2, 2), seed=9)
+    case = _function_case(_GRADCHECK, (3, 2, 2, 2), seed=9)
     inputs = tuple(case[k].clone().requires_grad_() for k in ("x", "w", "b"))
-    ok = torch.autograd.gradcheck(lambda x, w, b: fn.apply(x, w, b, 1e-5), inputs,
-                                  raise_exception=False)
-    if not ok:
-        raise AssertionError(f"torch.autograd.gradcheck failed ({case.description}): your "
+    # gradcheck only compares the learner's backward with finite differences of the learner's
+    # forward, so the answer is what it reports.
+    return {"ok": bool(torch.autograd.gradcheck(lambda x, w, b: fn.apply(x, w, b, 1e-5), inputs,
+                                                raise_exception=False))}
+
+
+def _gradcheck_judge(answers):
+    if answers.get("ok") is not True:
+        raise AssertionError(f"torch.autograd.gradcheck failed ({_GRADCHECK}): your "
                              "backward disagrees with finite differences of your forward.")
 
 
@@ -187,15 +212,12 @@ def _function_randomized(seed):
     return cases
 
 
-def _gradcheck_extra(BatchNormFunction):
-    """torch.autograd.gradcheck in float64"""
-    _gradcheck(BatchNormFunction)
-
-
-FUNCTION = Exercise("BatchNormFunction", _function_cases, _function_randomized,
-                    _check_function_case, summary="a torch.autograd.Function for training-mode "
-                    "spatial BN: output and gradients against torch", require=_require_function,
-                    extra_checks=(_gradcheck_extra,))
+FUNCTION = Exercise("BatchNormFunction", _function_cases, _function_randomized, None,
+                    summary="a torch.autograd.Function for training-mode spatial BN: output and "
+                    "gradients against torch", require=_require_function,
+                    extra_checks=(Split(_gradcheck_compute, _gradcheck_judge,
+                                        "torch.autograd.gradcheck in float64"),),
+                    compute=_function_compute, judge=_function_judge)
 check_batchnorm_function, check_batchnorm_function_randomized = FUNCTION.checks(
     "check_batchnorm_function", module=__name__)
 
@@ -213,9 +235,23 @@ def _construct(cls, c, momentum, case):
                              f"momentum=0.1) ({case.description})") from None
 
 
-def _check_structure(mod, ref, case):
-    params = sorted(n for n, _ in mod.named_parameters())
-    buffers = sorted(n for n, _ in mod.named_buffers())
+def _as_np(t):
+    return t.detach().cpu().clone().numpy() if isinstance(t, _torch().Tensor) else None  # a copy: buffers change in place
+
+
+def _structure(mod):
+    """What ``_check_structure`` looks at, as plain data."""
+    nbt = getattr(mod, "num_batches_tracked", None)
+    return {"params": sorted(n for n, _ in mod.named_parameters()),
+            "buffers": sorted(n for n, _ in mod.named_buffers()),
+            "keys": list(mod.state_dict().keys()),
+            "nbt_dtype": str(getattr(nbt, "dtype", None)), "nbt_shape": list(getattr(nbt, "shape", [-1])),
+            "initial": {name: _as_np(getattr(mod, name, None))
+                        for name in ("running_mean", "running_var", "weight", "bias")}}
+
+
+def _check_structure(structure, ref, case):
+    params, buffers = structure["params"], structure["buffers"]
     if params != ["bias", "weight"]:
         raise AssertionError(f"BatchNorm2d's parameters are {params}, expected ['bias', "
                              "'weight'] (nn.Parameter, so the optimizer trains them); the "
@@ -225,7 +261,7 @@ def _check_structure(mod, ref, case):
             f"BatchNorm2d's buffers are {buffers}, expected ['num_batches_tracked', "
             "'running_mean', 'running_var']: register them with self.register_buffer so they are "
             "saved in state_dict and move with .to(device), but are not trained")
-    got_keys, want_keys = list(mod.state_dict().keys()), list(ref.state_dict().keys())
+    got_keys, want_keys = structure["keys"], list(ref.state_dict().keys())
     if got_keys != want_keys:
         order = ""
         if sorted(got_keys) == sorted(want_keys):
@@ -234,20 +270,86 @@ def _check_structure(mod, ref, case):
                      "running_mean, running_var and num_batches_tracked, in that order.")
         raise AssertionError(f"state_dict keys {got_keys} differ from torch.nn.BatchNorm2d's "
                              f"{want_keys} ({case.description}){order}")
-    nbt = mod.num_batches_tracked
-    if nbt.dtype != _torch().long or nbt.shape != ():
+    if structure["nbt_dtype"] != str(_torch().long) or structure["nbt_shape"] != []:
         raise AssertionError("num_batches_tracked must be a 0-dim torch.long tensor, got "
-                             f"dtype {nbt.dtype} and shape {tuple(nbt.shape)}")
+                             f"dtype {structure['nbt_dtype']} and shape {tuple(structure['nbt_shape'])}")
     for name in ("running_mean", "running_var", "weight", "bias"):
-        got, want = getattr(mod, name), getattr(ref, name)
-        assert_close(f"initial {name}", _np(got, name, case), want.detach().numpy(), case,
+        got = structure["initial"][name]
+        if got is None:
+            raise AssertionError(f"{name} must be a torch.Tensor ({case.description})")
+        assert_close(f"initial {name}", got, getattr(ref, name).detach().numpy(), case,
                      atol=0, rtol=0, hints=[])
 
 
-def _check_step(mod, ref, x, dout, case, step):
+def _module_inputs(case):
+    """The generator every step's inputs come from, and ``batch(shape)``: both halves draw the
+    same tensors in the same order from the case's seed."""
     torch = _torch()
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = mod(xa), ref(xb)
+    c, n, h = case["c"], case["n"], case["h"]
+    gen = torch.Generator().manual_seed(case["seed"])
+
+    def batch(shape=None):
+        x = torch.randn(shape or (n, c, h, h), generator=gen) * 2 + case["loc"]
+        return x.contiguous(memory_format=torch.channels_last) if case["channels_last"] else x
+
+    return gen, batch
+
+
+def _module_steps(case):
+    """``(training, step, shape)`` of every step: three training steps, two in eval mode."""
+    c, n, h = case["c"], case["n"], case["h"]
+    return [(True, 1, None), (True, 2, None), (True, 3, None), (False, 1, (n, c, h, h)), (False, 2, (1, c, 1, 1))]
+
+
+def _module_compute(cls, case):
+    """The learner's module over the steps of one case: its structure, then per step its output,
+    gradients and buffers, and its final state_dict, as plain data."""
+    torch = _torch()
+    c, momentum = case["c"], case["momentum"]
+    gen, batch = _module_inputs(case)
+    mod = _construct(cls, c, momentum, case)
+    answers = {"structure": _structure(mod), "steps": []}
+    ref = torch.nn.BatchNorm2d(c, momentum=momentum)  # only the weights the learner's module loads
+    with torch.no_grad():
+        ref.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        ref.bias.copy_(torch.randn(c, generator=gen))
+    try:
+        mod.load_state_dict(ref.state_dict())
+    except RuntimeError as err:
+        answers["load_error"] = str(err)
+        return answers
+    for training, step, shape in _module_steps(case):
+        if not training and step == 1:
+            mod.eval()
+        x = batch(shape)
+        dout = torch.randn(x.shape, generator=gen)
+        record = {}
+        answers["steps"].append(record)
+        xa = x.clone().requires_grad_()
+        try:
+            y = mod(xa)
+            record["out"] = _as_np(y)
+            record["grad_fn"] = type(y.grad_fn).__name__ if getattr(y, "grad_fn", None) is not None else "None"
+            y.backward(dout)
+        except Exception as err:  # noqa: BLE001 - the learner's module; judge raises it at that step
+            answers["raised"] = err
+            return answers
+        record.update(dx=_as_np(xa.grad), dweight=_as_np(mod.weight.grad), dbias=_as_np(mod.bias.grad))
+        mod.weight.grad = mod.bias.grad = None
+        record.update(nbt=int(mod.num_batches_tracked), running_mean=_as_np(mod.running_mean),
+                      running_var=_as_np(mod.running_var))
+    answers["state_dict"] = {k: _as_np(v) for k, v in mod.state_dict().items()}
+    return answers
+
+
+def _judge_step(record, answers, ref, x, dout, case, step):
+    torch = _torch()
+
+    def got(key):
+        return record[key] if key in record else answer(answers, key)
+
+    xb = x.clone().requires_grad_()
+    yb = ref(xb)
     atol, rtol = _tol(torch.float32)
     mode = "training" if ref.training else "eval"
     what = f"{case.description}, {mode} step {step}"
@@ -258,27 +360,28 @@ def _check_step(mod, ref, x, dout, case, step):
             batch = torch.nn.functional.batch_norm(x, None, None, ref.weight, ref.bias, True)
         hints.append(Hint(batch.numpy(), "in eval mode, normalize with running_mean and "
                           "running_var, not with the batch's statistics."))
-    assert_close("out", _np(ya, "out", sub), yb.detach().numpy(), sub, atol=atol, rtol=rtol,
-                 hints=hints)
+    out = got("out")
+    if out is None:
+        raise AssertionError(f"out must be a torch.Tensor ({what})")
+    assert_close("out", out, yb.detach().numpy(), sub, atol=atol, rtol=rtol, hints=hints)
     if ref.training:
-        name = type(ya.grad_fn).__name__ if ya.grad_fn is not None else "None"
+        name = str(got("grad_fn"))
         if "NativeBatchNorm" in name or "CudnnBatchNorm" in name:
             raise AssertionError("the module calls torch's own batch norm; use your "
                                  "BatchNormFunction.apply in training mode")
-    ya.backward(dout)
     yb.backward(dout)
-    for name, a, b in (("dx", xa.grad, xb.grad), ("dweight", mod.weight.grad, ref.weight.grad),
-                       ("dbias", mod.bias.grad, ref.bias.grad)):
+    for name, b in (("dx", xb.grad), ("dweight", ref.weight.grad), ("dbias", ref.bias.grad)):
+        a = got(name)
         if a is None:
             raise AssertionError(f"{name} is None after backward ({what})")
-        assert_close(name, _np(a, name, sub), b.numpy(), sub, atol=atol, rtol=rtol)
-    mod.weight.grad = mod.bias.grad = ref.weight.grad = ref.bias.grad = None
+        assert_close(name, a, b.numpy(), sub, atol=atol, rtol=rtol)
+    ref.weight.grad = ref.bias.grad = None
 
 
-def _check_buffers(mod, ref, case, history):
+def _check_buffers(record, ref, case, history):
     sub = Case(f"{case.description}, after {len(history)} training step(s)")
-    if int(mod.num_batches_tracked) != int(ref.num_batches_tracked):
-        raise AssertionError(f"num_batches_tracked is {int(mod.num_batches_tracked)}, expected "
+    if record["nbt"] != int(ref.num_batches_tracked):
+        raise AssertionError(f"num_batches_tracked is {record['nbt']}, expected "
                              f"{int(ref.num_batches_tracked)} ({sub.description}): add 1 per "
                              "training forward")
     momentum = ref.momentum
@@ -293,80 +396,89 @@ def _check_buffers(mod, ref, case, history):
     reversed_msg = ("momentum is reversed: running = (1 - momentum) * running + momentum * "
                     "batch_stat (torch's momentum weights the NEW batch).")
     atol, rtol = _tol(_torch().float32)
-    assert_close("running_mean", _np(mod.running_mean, "running_mean", sub),
-                 ref.running_mean.numpy(), sub, atol=atol, rtol=rtol,
-                 hints=[Hint(rm_rev, reversed_msg)])
-    assert_close("running_var", _np(mod.running_var, "running_var", sub),
-                 ref.running_var.numpy(), sub, atol=atol, rtol=rtol, hints=[
+    assert_close("running_mean", record["running_mean"], ref.running_mean.numpy(), sub, atol=atol,
+                 rtol=rtol, hints=[Hint(rm_rev, reversed_msg)])
+    assert_close("running_var", record["running_var"], ref.running_var.numpy(), sub, atol=atol,
+                 rtol=rtol, hints=[
                      Hint(rv_biased, "running_var must be updated with the unbiased batch "
                           "variance, times m / (m - 1) for m = N*H*W values per channel."),
                      Hint(rv_rev, reversed_msg)])
 
 
-def _check_module_case(cls, case):
+def _module_judge(answers, case):
     torch = _torch()
-    c, n, h, momentum = case["c"], case["n"], case["h"], case["momentum"]
-    gen = torch.Generator().manual_seed(case["seed"])
-    mod = _construct(cls, c, momentum, case)
+    c, momentum = case["c"], case["momentum"]
+    gen, batch = _module_inputs(case)
     ref = torch.nn.BatchNorm2d(c, momentum=momentum)
-    _check_structure(mod, ref, case)
+    _check_structure(answer(answers, "structure"), ref, case)
     with torch.no_grad():
         ref.weight.copy_(torch.rand(c, generator=gen) + 0.5)
         ref.bias.copy_(torch.randn(c, generator=gen))
-    try:
-        mod.load_state_dict(ref.state_dict())
-    except RuntimeError as err:
-        raise AssertionError(f"torch.nn.BatchNorm2d's state_dict does not load into yours: {err}")
-
-    def batch(shape=None):
-        x = torch.randn(shape or (n, c, h, h), generator=gen) * 2 + case["loc"]
-        return x.contiguous(memory_format=torch.channels_last) if case["channels_last"] else x
-
-    history = []
-    for step in range(1, 4):
-        x = batch()
-        history.append(x)
-        _check_step(mod, ref, x, torch.randn(x.shape, generator=gen), case, step)
-        _check_buffers(mod, ref, case, history)
-    mod.eval()
-    ref.eval()
-    for step, shape in enumerate([(n, c, h, h), (1, c, 1, 1)], 1):
+    if answers.get("load_error") is not None:
+        raise AssertionError("torch.nn.BatchNorm2d's state_dict does not load into yours: "
+                             f"{answers['load_error']}")
+    records = list(answer(answers, "steps"))
+    history, record = [], {}
+    for i, (training, step, shape) in enumerate(_module_steps(case)):
+        if not training and step == 1:
+            ref.eval()
         x = batch(shape)
-        _check_step(mod, ref, x, torch.randn(x.shape, generator=gen), case, step)
-    if any(int(a != b) for a, b in [(mod.num_batches_tracked, ref.num_batches_tracked)]):
+        dout = torch.randn(x.shape, generator=gen)
+        if training:
+            history.append(x)
+        record = records[i] if i < len(records) and type(records[i]) is dict else {}
+        _judge_step(record, answers, ref, x, dout, case, step)
+        if training:
+            _check_buffers(record, ref, case, history)
+    if record["nbt"] != int(ref.num_batches_tracked):
         raise AssertionError("num_batches_tracked changed in eval mode; only training updates "
                              "the running statistics")
-    _check_buffers(mod, ref, case, history)
+    _check_buffers(record, ref, case, history)
     back = torch.nn.BatchNorm2d(c, momentum=momentum)
+    state = answer(answers, "state_dict")
+    if type(state) is not dict or not all(type(v) is np.ndarray for v in state.values()):
+        raise AssertionError(f"BatchNorm2d's state_dict must hold tensors only ({case.description})")
     try:
-        back.load_state_dict(mod.state_dict())
+        back.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     except RuntimeError as err:
         raise AssertionError(f"your state_dict does not load into torch.nn.BatchNorm2d: {err}")
 
 
-def _check_errors(cls):
+def _errors_compute(cls):
+    """What the learner's module does with inputs torch refuses, as plain data."""
     torch = _torch()
     mod = cls(3)
-    for shape, what in (((4, 3, 5), "a 3D input"), ((4, 3), "a 2D input")):
+    answers = {}
+    for shape in ((4, 3, 5), (4, 3), (1, 3, 1, 1)):
         try:
             mod(torch.randn(shape))
         except ValueError:
-            pass
+            answers[str(len(shape))] = "ValueError"
         except Exception as err:  # noqa: BLE001 - any other failure is the learner's to fix
-            raise AssertionError(f"BatchNorm2d on {what} of shape {shape} raised "
-                                 f"{type(err).__name__}: {err}; raise ValueError('expected 4D "
-                                 f"input (got {len(shape)}D input)') as torch does") from None
+            answers[str(len(shape))] = [type(err).__name__, str(err)[:500]]
         else:
+            answers[str(len(shape))] = "accepted"
+    return answers
+
+
+def _errors_judge(answers):
+    for shape, what in (((4, 3, 5), "a 3D input"), ((4, 3), "a 2D input")):
+        got = answers.get(str(len(shape)))
+        if got == "ValueError":
+            continue
+        if got == "accepted":
             raise AssertionError(f"BatchNorm2d accepted {what} of shape {shape}; raise ValueError"
                                  f"('expected 4D input (got {len(shape)}D input)') as torch does")
-    try:
-        mod(torch.randn(1, 3, 1, 1))
-    except ValueError:
-        pass
-    else:
+        kind, message = (got + ["", ""])[:2] if type(got) is list else ("an error", "")
+        raise AssertionError(f"BatchNorm2d on {what} of shape {shape} raised "
+                             f"{kind}: {message}; raise ValueError('expected 4D "
+                             f"input (got {len(shape)}D input)') as torch does")
+    got = answers.get("4")
+    if got != "ValueError":
+        raised = f" (it raised {got[0]}: {got[1]})" if type(got) is list and len(got) == 2 else ""
         raise AssertionError("BatchNorm2d in training mode accepted x of shape (1, 3, 1, 1): one "
                              "value per channel has no variance; raise ValueError('Expected more "
-                             "than 1 value per channel when training, ...') as torch does")
+                             f"than 1 value per channel when training, ...') as torch does{raised}")
 
 
 def _module_case(desc, c, n, h, momentum=0.1, channels_last=False, seed=0, loc=1.0):
@@ -397,17 +509,13 @@ def _module_randomized(seed):
     return cases
 
 
-def _errors_extra(BatchNorm2d):
-    """the input errors torch raises"""
-    _check_errors(BatchNorm2d)
-
-
-MODULE = Exercise("BatchNorm2d", _module_public, _module_randomized, _check_module_case,
+MODULE = Exercise("BatchNorm2d", _module_public, _module_randomized, None,
                   summary="a module against torch.nn.BatchNorm2d: structure and state_dict (keys "
                   "in torch's order), outputs, gradients and buffers over 3 training steps, eval "
                   "mode (also on one 1x1 image), loading both ways",
                   require=lambda cls: require_callable(cls, "BatchNorm2d"),
-                  extra_checks=(_errors_extra,))
+                  extra_checks=(Split(_errors_compute, _errors_judge, "the input errors torch raises"),),
+                  compute=_module_compute, judge=_module_judge)
 check_batchnorm_module, check_batchnorm_module_randomized = MODULE.checks(
     "check_batchnorm_module", module=__name__)
 

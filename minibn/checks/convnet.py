@@ -15,7 +15,7 @@ import copy
 
 import numpy as np
 
-from minibn.checks._core import Case, Exercise, Hint, assert_close
+from minibn.checks._core import Case, Exercise, Hint, answer, assert_close
 
 __all__ = [
     "check_conv_bn_relu",
@@ -39,18 +39,38 @@ def _is_bn2d(m):
 
 # ---- conv_bn_relu ---------------------------------------------------------------------------
 
-def _check_block(fn, c_in, c_out, where):
+def _block_compute(fn, case):
+    """The learner's block as plain data: its layers and their settings, and one output."""
     torch = _torch()
     from torch import nn
 
-    block = fn(c_in, c_out)
+    block = fn(case["c_in"], case["c_out"])
     if not isinstance(block, nn.Module):
-        raise AssertionError(f"conv_bn_relu must return an nn.Module (e.g. nn.Sequential), got "
-                             f"{type(block).__name__} ({where})")
+        return {"module": type(block).__name__}
     mods = [m for m in block.modules() if m is not block and not isinstance(m, nn.Sequential)]
-    kinds = ["conv" if isinstance(m, nn.Conv2d) else "bn" if _is_bn2d(m)
-             else "relu" if isinstance(m, nn.ReLU) else type(m).__name__ for m in mods]
-    if any("BatchNorm1d" in type(m).__name__ for m in mods):
+    answers = {"kinds": ["conv" if isinstance(m, nn.Conv2d) else "bn" if _is_bn2d(m)
+                         else "relu" if isinstance(m, nn.ReLU) else type(m).__name__ for m in mods],
+               "bn1d": any("BatchNorm1d" in type(m).__name__ for m in mods)}
+    if answers["kinds"] != ["conv", "bn", "relu"] or answers["bn1d"]:
+        return answers
+    conv, bn = mods[0], mods[1]
+    answers.update(conv_bias=conv.bias is not None, channels=[conv.in_channels, conv.out_channels],
+                   kernel=list(conv.kernel_size), padding=list(conv.padding), stride=list(conv.stride),
+                   num_features=bn.num_features)
+    try:
+        answers["out"] = block(torch.randn(4, case["c_in"], 6, 5)).detach().numpy()
+    except Exception as err:  # noqa: BLE001 - judge raises it once the settings it checks first pass
+        answers["raised"] = err
+    return answers
+
+
+def _block_judge(answers, case):
+    c_in, c_out, where = case["c_in"], case["c_out"], case.description
+    if "module" in answers:
+        raise AssertionError(f"conv_bn_relu must return an nn.Module (e.g. nn.Sequential), got "
+                             f"{answers['module']} ({where})")
+    kinds = answer(answers, "kinds")
+    if answers.get("bn1d") is not False:
         raise AssertionError(f"conv_bn_relu uses BatchNorm1d ({where}).\nHint: a conv layer's "
                              "output (N, C, H, W) needs BatchNorm2d: one mean and variance per "
                              "channel over N, H and W.")
@@ -61,27 +81,28 @@ def _check_block(fn, c_in, c_out, where):
                     "Wu, which is 'more Gaussian' than the ReLU's output.")
         raise AssertionError(f"conv_bn_relu has layers {kinds}, expected ['conv', 'bn', 'relu'] "
                              f"({where}).{hint}")
-    conv, bn = mods[0], mods[1]
-    if conv.bias is not None:
+    if answer(answers, "conv_bias") is not False:
         raise AssertionError(f"the convolution has a bias ({where}).\nHint: BN subtracts each "
                              "channel's mean, which cancels any bias, and beta takes its place: "
                              "use bias=False (a wasted parameter and a wasted add otherwise).")
-    if (conv.in_channels, conv.out_channels) != (c_in, c_out):
-        raise AssertionError(f"the convolution maps {conv.in_channels} -> {conv.out_channels} "
+    channels = answer(answers, "channels")
+    if channels != [c_in, c_out]:
+        raise AssertionError(f"the convolution maps {channels[0]} -> {channels[1]} "
                              f"channels, expected {c_in} -> {c_out} ({where})")
-    if tuple(conv.kernel_size) != (3, 3) or tuple(conv.padding) != (1, 1) or tuple(conv.stride) != (1, 1):
-        raise AssertionError(f"the convolution has kernel {tuple(conv.kernel_size)}, padding "
-                             f"{tuple(conv.padding)}, stride {tuple(conv.stride)}; expected a 3x3 "
+    kernel, padding, stride = (answer(answers, k) for k in ("kernel", "padding", "stride"))
+    if kernel != [3, 3] or padding != [1, 1] or stride != [1, 1]:
+        raise AssertionError(f"the convolution has kernel {tuple(kernel)}, padding "
+                             f"{tuple(padding)}, stride {tuple(stride)}; expected a 3x3 "
                              f"kernel, padding 1, stride 1 so H and W are kept ({where})")
-    if bn.num_features != c_out:
-        raise AssertionError(f"BatchNorm2d has num_features={bn.num_features}, expected {c_out}: "
+    if answer(answers, "num_features") != c_out:
+        raise AssertionError(f"BatchNorm2d has num_features={answers['num_features']}, expected {c_out}: "
                              f"one per output channel of the convolution ({where})")
-    x = torch.randn(4, c_in, 6, 5)
-    out = block(x)
-    if tuple(out.shape) != (4, c_out, 6, 5):
-        raise AssertionError(f"the block maps (4, {c_in}, 6, 5) to {tuple(out.shape)}, expected "
+    out = answer(answers, "out")
+    if type(out) is not np.ndarray or out.shape != (4, c_out, 6, 5):
+        got = tuple(out.shape) if type(out) is np.ndarray else type(out).__name__
+        raise AssertionError(f"the block maps (4, {c_in}, 6, 5) to {got}, expected "
                              f"(4, {c_out}, 6, 5) ({where})")
-    if bool((out < 0).any()):
+    if not bool((out >= 0).all()):
         raise AssertionError(f"the block's output has negative values ({where}): the ReLU must "
                              "come last")
 
@@ -96,9 +117,9 @@ def _block_randomized(seed):
 
 
 BLOCK = Exercise("conv_bn_relu", lambda: [_block_case(1, 8), _block_case(8, 16)],
-                 _block_randomized,
-                 lambda fn, case: _check_block(fn, case["c_in"], case["c_out"], case.description),
-                 summary="the block's layers, their order and settings, and its output shape")
+                 _block_randomized, None,
+                 summary="the block's layers, their order and settings, and its output shape",
+                 compute=_block_compute, judge=_block_judge)
 check_conv_bn_relu, check_conv_bn_relu_randomized = BLOCK.checks(module=__name__)
 
 
@@ -128,7 +149,8 @@ def _eval_case(seed, n, classes, where):
     flip = torch.rand(n, generator=g) < 0.3
     y[flip] = torch.randint(0, classes, (int(flip.sum()),), generator=g)
     model.train()
-    return Case(where, {}, {"model": model, "x": x, "y": y})
+    # the mode it starts in, kept apart: in one process compute hands judge the same model
+    return Case(where, {}, {"model": model, "x": x, "y": y, "training": True})
 
 
 def _reference_accuracy(model, x, y):
@@ -138,38 +160,50 @@ def _reference_accuracy(model, x, y):
         return float((m(x).argmax(1) == y).float().mean())
 
 
-def _check_eval_case(fn, case, batch_size):
+def _eval_compute(fn, case):
+    """What the learner's function answers on the case's model, and what it did to the model."""
     torch = _torch()
     model, x, y = case["model"], case["x"], case["y"]
-    want = _reference_accuracy(model, x, y)
     state = copy.deepcopy(model.state_dict())
-    train_mode_acc = None
+    got = fn(model, x, y, case["batch_size"])
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    return {"type": type(got).__name__,
+            "accuracy": float(got) if isinstance(got, (float, np.floating)) else None,
+            "changed": [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])],
+            "training": model.training}
+
+
+def _eval_judge(answers, case):
+    torch = _torch()
+    model, x, y, batch_size = case["model"], case["x"], case["y"], case["batch_size"]
+    want = _reference_accuracy(model, x, y)
     with torch.no_grad():
         probe = copy.deepcopy(model).train()
         train_mode_acc = float(torch.cat([probe(b).argmax(1) for b in x.split(batch_size)]).eq(y)
                                .float().mean())
-    was_training = model.training
-    got = fn(model, x, y, batch_size)
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if not isinstance(got, (float, np.floating)):
-        raise AssertionError(f"evaluate_accuracy must return a float, got {type(got).__name__} "
+    got = answers.get("accuracy")
+    if type(got) is not float:
+        raise AssertionError(f"evaluate_accuracy must return a float, got {answers.get('type')} "
                              f"({case.description})")
-    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
-    if changed:
+    changed = answers.get("changed")
+    if changed != []:
+        changed = [str(k) for k in changed] if type(changed) is list else ["state"]
         raise AssertionError(
             f"evaluate_accuracy changed the model's {', '.join(changed)} ({case.description}).\n"
             "Hint: in training mode every forward pass updates BN's running statistics; call "
             "model.eval() before evaluating, so BN uses (and keeps) its running statistics.")
-    if model.training != was_training:
+    was_training = case["training"]
+    if answers.get("training") is not was_training:
+        now = bool(answers.get("training"))
         raise AssertionError(
-            f"evaluate_accuracy left the model in {'training' if model.training else 'eval'} "
+            f"evaluate_accuracy left the model in {'training' if now else 'eval'} "
             f"mode; it was in {'training' if was_training else 'eval'} mode before "
             f"({case.description}).\nHint: remember model.training and restore it "
             "(model.train(was_training)), or the next training step runs BN in eval mode.")
     hints = [Hint(np.array([train_mode_acc]), "this is the accuracy with batch statistics "
                   "(training mode); evaluate in eval mode (model.eval()).")]
-    assert_close("accuracy", np.array([float(got)]), np.array([want]), case, atol=1e-6, rtol=0,
+    assert_close("accuracy", np.array([got]), np.array([want]), case, atol=1e-6, rtol=0,
                  hints=hints)
 
 
@@ -194,10 +228,9 @@ def _eval_randomized(seed):
     return cases
 
 
-EVALUATE = Exercise("evaluate_accuracy", _eval_public, _eval_randomized,
-                    lambda fn, case: _check_eval_case(fn, case, case["batch_size"]),
+EVALUATE = Exercise("evaluate_accuracy", _eval_public, _eval_randomized, None,
                     summary="the accuracy, the eval mode, the untouched buffers and the restored "
-                    "mode")
+                    "mode", compute=_eval_compute, judge=_eval_judge)
 check_evaluate_accuracy, check_evaluate_accuracy_randomized = EVALUATE.checks(module=__name__)
 
 
@@ -236,27 +269,43 @@ def _fold_variant(conv, bn, *, eps=True, beta=True, conv_bias=True, axis=0):
     return fused
 
 
-def _check_fold_case(fn, case):
+def _fold_state(conv, bn):
+    return {k: v for k, v in list(conv.state_dict().items()) + [
+        ("bn." + k, v) for k, v in bn.state_dict().items()]}
+
+
+def _fold_compute(fn, case):
+    """The folded convolution's output on the case's input, and what the function changed."""
     torch = _torch()
     from torch import nn
 
     conv, bn, x = case["conv"], case["bn"], case["x"]
-    before = {k: v.clone() for k, v in list(conv.state_dict().items()) + [
-        ("bn." + k, v) for k, v in bn.state_dict().items()]}
+    before = {k: v.clone() for k, v in _fold_state(conv, bn).items()}
     fused = fn(conv, bn)
-    after = {k: v for k, v in list(conv.state_dict().items()) + [
-        ("bn." + k, v) for k, v in bn.state_dict().items()]}
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    if changed:
+    after = _fold_state(conv, bn)
+    answers = {"changed": [k for k in before if not torch.equal(before[k], after[k])],
+               "type": type(fused).__name__, "conv2d": isinstance(fused, nn.Conv2d)}
+    if answers["conv2d"]:
+        with torch.no_grad():
+            answers["out"] = fused(x).double().numpy()
+    return answers
+
+
+def _fold_judge(answers, case):
+    torch = _torch()
+
+    conv, bn, x = case["conv"], case["bn"], case["x"]
+    changed = answers.get("changed")
+    if changed != []:
+        changed = [str(k) for k in changed] if type(changed) is list else ["state"]
         raise AssertionError(f"fold_conv_bn modified its inputs ({', '.join(changed)}) "
                              f"({case.description}): copy the conv (copy.deepcopy) and write the "
                              "folded weights into the copy")
-    if not isinstance(fused, nn.Conv2d):
-        raise AssertionError(f"fold_conv_bn must return an nn.Conv2d, got {type(fused).__name__} "
+    if answers.get("conv2d") is not True:
+        raise AssertionError(f"fold_conv_bn must return an nn.Conv2d, got {answers.get('type')} "
                              f"({case.description})")
     with torch.no_grad():
         want = bn(conv(x)).numpy()
-        got = fused(x).double().numpy()
         hints = []
         for kw, message in (
             ({"eps": False}, "eps is missing: scale = gamma / sqrt(running_var + eps)."),
@@ -272,7 +321,8 @@ def _check_fold_case(fn, case):
             if kw.get("axis") == 1 and conv.in_channels != conv.out_channels:
                 continue
             hints.append(Hint(_fold_variant(conv, bn, **kw)(x).numpy(), message))
-    assert_close("folded conv output", got, want, case, atol=1e-9, rtol=1e-9, hints=hints)
+    assert_close("folded conv output", answer(answers, "out"), want, case, atol=1e-9, rtol=1e-9,
+                 hints=hints)
 
 
 def _fold_public():
@@ -292,9 +342,9 @@ def _fold_randomized(seed):
     return cases
 
 
-FOLD = Exercise("fold_conv_bn", _fold_public, _fold_randomized, _check_fold_case,
+FOLD = Exercise("fold_conv_bn", _fold_public, _fold_randomized, None,
                 summary="fold_conv_bn(conv, bn)(x) == bn(conv(x)) in float64, eval-mode BN, "
-                "inputs untouched")
+                "inputs untouched", compute=_fold_compute, judge=_fold_judge)
 check_fold_conv_bn, check_fold_conv_bn_randomized = FOLD.checks(module=__name__)
 
 EXERCISES = (BLOCK, EVALUATE, FOLD)

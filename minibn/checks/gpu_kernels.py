@@ -27,6 +27,11 @@ Kernels and the launches the checks make (the lesson states them too):
 - ``bn_bwd_elemt(dy, x, mean, invstd, gamma, dgamma, dbeta, dx, N, C, HW)``: grid
   ``(ceil(HW / 64), N * C)``, block 64: one grid row per (n, c) row of the tensor.
 ``mean``/``var`` are per channel, biased (divide by ``m = N * HW``).
+
+Each kernel is an ``Exercise`` named after its learner function (which keys its grading seed);
+its public cases run at every block size above, its hidden ones at the first. At grading time
+``run_launches`` is replaced by a launcher that runs the kernel in a sandboxed worker
+(``minibn.grading.kernel_worker``): the kernel is learner code, the comparisons stay in the grader.
 """
 from __future__ import annotations
 
@@ -37,9 +42,9 @@ import numpy as np
 
 from minibn.checks._core import (
     Case,
+    Exercise,
     Hint,
     assert_close,
-    grading_seed,
     quiet,
     require_callable,
 )
@@ -101,6 +106,27 @@ def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0, *, cpu
     (NaN; on the CPU the sanitizer also reports a read before the kernel's first write), except
     those in ``zeroed``, which start at 0. ``same_bits=False`` skips the comparison of the two
     schedules, for kernels whose float atomics legitimately add in a different order."""
+    runs = run_launches(code, kernel, grid, block, args, dict(outputs), case.description, shared_mem,
+                        cpu_only=cpu_only, zeroed=tuple(zeroed))
+    if len(runs) == 2 and same_bits:
+        for name, a, b in zip(outputs.values(), *runs):
+            if not np.array_equal(a, b, equal_nan=True):
+                raise AssertionError(
+                    f"{kernel} writes different {name} when its threads run in a different order "
+                    f"({case.description}): forward order gives {_first(a)}, reverse order "
+                    f"{_first(b)}. On a GPU the order is never fixed, so the kernel has a race. "
+                    "Hint: a thread reads shared memory that another thread writes without a "
+                    "__syncthreads() between the write and the read (after filling shared memory, "
+                    "and after every step of a tree)."
+                )
+    return runs[0]
+
+
+def launch_here(code, kernel, grid, block, args, outputs, description, shared_mem=0, *,
+                cpu_only=False, zeroed=()):
+    """Compile and run the kernel in this process: a list of runs (one per schedule on the CPU,
+    one on the GPU), each the list of the ``outputs`` arrays; a failure is an ``AssertionError``
+    with the compiler's or the sanitizer's message."""
     from minibn.cuda import cpu_memory
     from minibn.cuda.executor import CompileError, KernelError, schedule
     from minibn.cuda.runtime import runtime_for
@@ -131,27 +157,22 @@ def _launch(code, kernel, grid, block, args, outputs, case, shared_mem=0, *, cpu
         except CompileError as err:
             raise AssertionError(str(err)) from None
         except SanitizerError as err:
-            raise AssertionError(f"{kernel} failed ({case.description}, block {_dims_text(block)}): {err}"
+            raise AssertionError(f"{kernel} failed ({description}, block {_dims_text(block)}): {err}"
                                  f"{_sanitizer_hint(err)}") from None
         except KernelError as err:
-            raise AssertionError(f"{kernel} failed ({case.description}): {err}"
+            raise AssertionError(f"{kernel} failed ({description}): {err}"
                                  f"{_launch_hint(str(err))}") from None
         except Exception as err:  # CuPy's compile and launch errors
-            raise AssertionError(f"{kernel} failed on the GPU ({case.description}): "
+            raise AssertionError(f"{kernel} failed on the GPU ({description}): "
                                  f"{type(err).__name__}: {err}") from None
         runs.append([np.array(fresh[i]) for i in outputs])
-    if len(runs) == 2 and same_bits:
-        for name, a, b in zip(outputs.values(), *runs):
-            if not np.array_equal(a, b, equal_nan=True):
-                raise AssertionError(
-                    f"{kernel} writes different {name} when its threads run in a different order "
-                    f"({case.description}): forward order gives {_first(a)}, reverse order "
-                    f"{_first(b)}. On a GPU the order is never fixed, so the kernel has a race. "
-                    "Hint: a thread reads shared memory that another thread writes without a "
-                    "__syncthreads() between the write and the read (after filling shared memory, "
-                    "and after every step of a tree)."
-                )
-    return runs[0]
+    return runs
+
+
+# What ``_launch`` runs the learner's kernel with. The grader puts a launcher here that runs the
+# kernel in a sandboxed worker of its own (``minibn.grading.kernel_worker``): the kernel is learner
+# code, the comparisons stay in the grader.
+run_launches = launch_here
 
 
 def _dims_text(block):
@@ -212,19 +233,25 @@ def _stats_cases():
         _stats_case("x of shape (3, 2, 5, 7): N*H*W = 105, not a multiple of 32", (3, 2, 5, 7), 1.0, 2),
         _stats_case("x of shape (2, 1, 3, 3): C = 1, H*W smaller than a warp", (2, 1, 3, 3), -1.0, 3),
         _stats_case("x of shape (4, 5, 2, 3) with mean about 3", (4, 5, 2, 3), 3.0, 4),
+        _stats_case("x of shape (1, 2, 3, 5): one sample, so a channel's values are one row", (1, 2, 3, 5),
+                    0.5, 5),
     ]
 
 
-def _random_stats_cases(seed, exercise):
-    rng = np.random.default_rng(grading_seed(exercise) if seed is None else seed)
+def _random_stats_cases(seed):
+    rng = np.random.default_rng(seed)
     cases = []
-    for k in range(3):
+    for _ in range(3):
         shape = (int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(1, 8)),
                  int(rng.integers(2, 8)))
         offset = float(rng.choice([0.0, 2.0, -4.0]))
-        cases.append(_stats_case(f"randomized case {k}: x of shape {shape}", shape, offset,
-                                 int(rng.integers(2**31))))
+        cases.append(_stats_case(f"x of shape {shape}", shape, offset, int(rng.integers(2**31))))
     return cases
+
+
+def _with_block(cases, block):
+    """The same cases, launched with ``block`` threads (an exercise checks several)."""
+    return [Case(c.description, c.arrays, {**c.params, "block": block}) for c in cases]
 
 
 def _dims(x):
@@ -265,17 +292,25 @@ def _tolerances(case, stat):
     return 5e-6 * scale * scale, 1e-4
 
 
-def _check_stats_kernel(fn, fn_name, kernel, cases, launch):
-    code = _source(fn, fn_name, kernel)
-    for case in cases:
+def _stats_check(fn_name, kernel, launch):
+    """``check_case`` of a statistics kernel: ``launch(C, block)`` gives grid, block, shared memory."""
+    def check_case(fn, case):
+        code = _source(fn, fn_name, kernel)
         x = case["x"]
         N, C, HW = _dims(x)
-        grid, block, shared = launch(C)
+        grid, block, shared = launch(C, case["block"])
         args = (x, np.zeros(C, np.float32), np.zeros(C, np.float32), np.int32(N), np.int32(C),
                 np.int32(HW))
         mean, var = _launch(code, kernel, grid, block, args, {1: "mean", 2: "var"}, case, shared)
         x64 = x.astype(np.float64)
         values = _pooled(x64, "nchw")
+        if case.params.get("stable"):
+            with quiet():
+                assert_close("var", var, values.var(axis=1), case, atol=1e-3, rtol=1e-3,
+                             note="Welford's update keeps float32 variance accurate far from zero, where "
+                             "E[x^2] - mean^2 loses about 6 of its 7 digits: update the mean and M2 per "
+                             "element and merge with Chan's formula, never sum x^2.")
+            return
         m = values.shape[1]
         want_mean, want_var = values.mean(axis=1), values.var(axis=1)
         atol, rtol = _tolerances(case, "mean")
@@ -293,66 +328,45 @@ def _check_stats_kernel(fn, fn_name, kernel, cases, launch):
         ]
         with quiet():
             assert_close("var", var, want_var, case, atol=atol, rtol=rtol, hints=hints)
+    return check_case
 
 
-def _k0_launch(C):
-    return (-(-C // 32),), (32,), 0
+def _stats_exercise(name, kernel, launch, blocks, summary, first=()):
+    """A statistics kernel's exercise: the public cases (``first`` ones first) at each of
+    ``blocks``, the hidden ones at the first."""
+    return Exercise(name, lambda: list(first) + [c for b in blocks for c in _with_block(_stats_cases(), b)],
+                    lambda seed: _with_block(_random_stats_cases(seed), blocks[0]),
+                    _stats_check(name, kernel, launch), summary=summary)
 
 
-def check_thread_per_channel(fn):
-    """``fn()`` returns the source of ``bn_stats_k0``: one thread per channel."""
-    _check_stats_kernel(fn, "bn_stats_k0_source", "bn_stats_k0", _stats_cases(), _k0_launch)
+def _k0_launch(C, block):
+    return (-(-C // block),), (block,), 0
 
 
-def check_thread_per_channel_randomized(fn, seed=None):
-    _check_stats_kernel(fn, "bn_stats_k0_source", "bn_stats_k0",
-                        _random_stats_cases(seed, "bn_stats_k0"), _k0_launch)
+def _tree_launch(C, block):
+    return (C,), (block,), 2 * block * 4
 
 
-def _tree_launch(block):
-    return lambda C: ((C,), (block,), 2 * block * 4)
+def _warp_launch(C, block):
+    return (C,), (block,), 0
 
 
-def check_block_tree(fn):
-    """``fn()`` returns the source of ``bn_stats_k1``: a block per channel, shared-memory tree."""
-    for block in (64, 128):
-        _check_stats_kernel(fn, "bn_stats_k1_source", "bn_stats_k1", _stats_cases(), _tree_launch(block))
+# Welford's point: the variance stays accurate when the mean is far from zero (only var is compared).
+_STABLE = Case("x of shape (4, 2, 6, 6) with mean 1000", _stats_case("", (4, 2, 6, 6), 1000.0, 9).arrays,
+               {"offset": 1000.0, "block": 64, "stable": True})
 
 
-def check_block_tree_randomized(fn, seed=None):
-    _check_stats_kernel(fn, "bn_stats_k1_source", "bn_stats_k1",
-                        _random_stats_cases(seed, "bn_stats_k1"), _tree_launch(64))
-
-
-def _warp_launch(block):
-    return lambda C: ((C,), (block,), 0)
-
-
-def check_welford_warp(fn):
-    """``fn()`` returns the source of ``bn_stats_k2``: Welford per thread, warp-shuffle merge."""
-    _check_stable(fn)
-    for block in (64, 96):
-        _check_stats_kernel(fn, "bn_stats_k2_source", "bn_stats_k2", _stats_cases(), _warp_launch(block))
-
-
-def check_welford_warp_randomized(fn, seed=None):
-    _check_stats_kernel(fn, "bn_stats_k2_source", "bn_stats_k2",
-                        _random_stats_cases(seed, "bn_stats_k2"), _warp_launch(64))
-
-
-def _check_stable(fn):
-    """Welford's point: the variance stays accurate when the mean is far from zero."""
-    case = _stats_case("x of shape (4, 2, 6, 6) with mean 1000", (4, 2, 6, 6), 1000.0, 9)
-    x = case["x"]
-    code = _source(fn, "bn_stats_k2_source", "bn_stats_k2")
-    args = (x, np.zeros(2, np.float32), np.zeros(2, np.float32), np.int32(4), np.int32(2), np.int32(36))
-    _, var = _launch(code, "bn_stats_k2", (2,), (64,), args, {1: "mean", 2: "var"}, case)
-    want = _pooled(x.astype(np.float64), "nchw").var(axis=1)
-    with quiet():
-        assert_close("var", var, want, case, atol=1e-3, rtol=1e-3,
-                     note="Welford's update keeps float32 variance accurate far from zero, where "
-                     "E[x^2] - mean^2 loses about 6 of its 7 digits: update the mean and M2 per "
-                     "element and merge with Chan's formula, never sum x^2.")
+THREAD_PER_CHANNEL = _stats_exercise("bn_stats_k0_source", "bn_stats_k0", _k0_launch, (32,),
+                                     "the source of bn_stats_k0: one thread per channel")
+BLOCK_TREE = _stats_exercise("bn_stats_k1_source", "bn_stats_k1", _tree_launch, (64, 128),
+                             "the source of bn_stats_k1: a block per channel, shared-memory tree")
+WELFORD_WARP = _stats_exercise("bn_stats_k2_source", "bn_stats_k2", _warp_launch, (64, 96),
+                               "the source of bn_stats_k2: Welford per thread, warp-shuffle merge",
+                               first=(_STABLE,))
+check_thread_per_channel, check_thread_per_channel_randomized = THREAD_PER_CHANNEL.checks(
+    "check_thread_per_channel", module=__name__)
+check_block_tree, check_block_tree_randomized = BLOCK_TREE.checks("check_block_tree", module=__name__)
+check_welford_warp, check_welford_warp_randomized = WELFORD_WARP.checks("check_welford_warp", module=__name__)
 
 
 # ---- grid-split finalize: Chan's merge of per-slice partials ----------------------------------
@@ -391,26 +405,25 @@ def _finalize_hints(partial, want_var):
     ]
 
 
-def _check_finalize(fn, cases):
+def _check_finalize_case(fn, case):
     code = _source(fn, "bn_stats_k3_finalize_source", "bn_stats_k3_finalize")
-    for case in cases:
-        partial = case["partial"]
-        C, S = partial.shape[0], case["S"]
-        args = (partial.reshape(-1), np.zeros(C, np.float32), np.zeros(C, np.float32), np.int32(C),
-                np.int32(S))
-        mean, var = _launch(code, "bn_stats_k3_finalize", (-(-C // 32),), (32,), args,
-                            {1: "mean", 2: "var"}, case)
-        values = _pooled(case["x"].astype(np.float64), "nchw")
-        want_mean, want_var = values.mean(axis=1), values.var(axis=1)
-        mean_hints, var_hints = _finalize_hints(partial, want_var)
-        empty = " Hint: skip an empty slice (n = 0): merging two empty summaries divides 0 by 0."
-        for name, got, want, hints in (("mean", mean, want_mean, mean_hints), ("var", var, want_var, var_hints)):
-            if not np.isfinite(got).all() and (partial[:, :, 0] == 0).any():
-                raise AssertionError(f"{name} contains NaN or inf ({case.description}; some slices are "
-                                     f"empty).{empty}")
-            atol, rtol = _tolerances(case, name)
-            with quiet():
-                assert_close(name, got, want, case, atol=atol, rtol=rtol, hints=hints)
+    partial = case["partial"]
+    C, S = partial.shape[0], case["S"]
+    args = (partial.reshape(-1), np.zeros(C, np.float32), np.zeros(C, np.float32), np.int32(C),
+            np.int32(S))
+    mean, var = _launch(code, "bn_stats_k3_finalize", (-(-C // 32),), (32,), args,
+                        {1: "mean", 2: "var"}, case)
+    values = _pooled(case["x"].astype(np.float64), "nchw")
+    want_mean, want_var = values.mean(axis=1), values.var(axis=1)
+    mean_hints, var_hints = _finalize_hints(partial, want_var)
+    empty = " Hint: skip an empty slice (n = 0): merging two empty summaries divides 0 by 0."
+    for name, got, want, hints in (("mean", mean, want_mean, mean_hints), ("var", var, want_var, var_hints)):
+        if not np.isfinite(got).all() and (partial[:, :, 0] == 0).any():
+            raise AssertionError(f"{name} contains NaN or inf ({case.description}; some slices are "
+                                 f"empty).{empty}")
+        atol, rtol = _tolerances(case, name)
+        with quiet():
+            assert_close(name, got, want, case, atol=atol, rtol=rtol, hints=hints)
 
 
 def _finalize_cases():
@@ -423,22 +436,21 @@ def _finalize_cases():
     ]
 
 
-def check_grid_finalize(fn):
-    """``fn()`` returns the source of ``bn_stats_k3_finalize``: merge S partials per channel."""
-    _check_finalize(fn, _finalize_cases())
-
-
-def check_grid_finalize_randomized(fn, seed=None):
-    rng = np.random.default_rng(grading_seed("bn_stats_k3_finalize") if seed is None else seed)
+def _finalize_randomized(seed):
+    rng = np.random.default_rng(seed)
     cases = []
-    for k in range(3):
+    for _ in range(3):
         shape = (int(rng.integers(1, 5)), int(rng.integers(1, 6)), int(rng.integers(1, 6)),
                  int(rng.integers(2, 6)))
         splits = int(rng.integers(1, 7))
-        cases.append(_finalize_case(f"randomized case {k}: x of shape {shape} in {splits} slices",
-                                    shape, splits, float(rng.choice([0.0, 3.0, -20.0])),
-                                    int(rng.integers(2**31))))
-    _check_finalize(fn, cases)
+        cases.append(_finalize_case(f"x of shape {shape} in {splits} slices", shape, splits,
+                                    float(rng.choice([0.0, 3.0, -20.0])), int(rng.integers(2**31))))
+    return cases
+
+
+FINALIZE = Exercise("bn_stats_k3_finalize_source", _finalize_cases, _finalize_randomized, _check_finalize_case,
+                    summary="the source of bn_stats_k3_finalize: merge S partials per channel")
+check_grid_finalize, check_grid_finalize_randomized = FINALIZE.checks("check_grid_finalize", module=__name__)
 
 
 # ---- fixing a racy kernel: per-channel sums over a grid split ---------------------------------
@@ -478,51 +490,52 @@ def _sums_cases():
         _sums_case("x of shape (2, 3, 5, 7) in 3 blocks per channel", (2, 3, 5, 7), 3, 31),
         _sums_case("x of shape (4, 2, 6, 6) in 5 blocks per channel", (4, 2, 6, 6), 5, 32),
         _sums_case("x of shape (3, 1, 4, 4) in 1 block per channel", (3, 1, 4, 4), 1, 33),
+        _sums_case("x of shape (1, 2, 3, 5) in 2 blocks per channel: one sample", (1, 2, 3, 5), 2, 34),
     ]
 
 
-def _check_sums(fn, cases):
+def _check_sums_case(fn, case):
     code = _source(fn, "channel_sums_source", "channel_sums")
-    for block in (64, 48):
-        for case in cases:
-            x = case["x"]
-            N, C, HW = _dims(x)
-            args = (x, np.zeros(C, np.float32), np.int32(N), np.int32(C), np.int32(HW))
-            # Race-free answers may add floats atomically in any order: compare with a tolerance,
-            # not bit for bit across the two schedules.
-            (sums,) = _launch(code, "channel_sums", (case["S"], C), (block,), args, {1: "sums"}, case,
-                              cpu_only=True, same_bits=False, zeroed=(1,))
-            values = _pooled(x.astype(np.float64), "nchw")
-            want = values.sum(axis=1)
-            hints = [Hint(want / case["S"], "only one block's total reached each channel's sum: every "
-                          "block must add its total (atomicAdd(&sums[c], total)).")]
-            if not np.isfinite(sums).all():
-                raise AssertionError(
-                    f"sums contains NaN ({case.description}, block {block}). Hint: a lane added a value "
-                    "it shuffled from a lane that does not exist (in a block of 48 threads the last warp "
-                    "has 16 lanes, and a value read from outside the mask is undefined): add the "
-                    "shuffled value only when lane + offset is below the warp's lane count.")
-            with quiet():
-                assert_close("sums", sums, want, case, atol=1e-5 * np.sqrt(values.shape[1]) * 4,
-                             rtol=1e-5, hints=hints,
-                             note=f"launched with grid ({case['S']}, {C}) and block {block}")
+    block = case["block"]
+    x = case["x"]
+    N, C, HW = _dims(x)
+    args = (x, np.zeros(C, np.float32), np.int32(N), np.int32(C), np.int32(HW))
+    # Race-free answers may add floats atomically in any order: compare with a tolerance,
+    # not bit for bit across the two schedules.
+    (sums,) = _launch(code, "channel_sums", (case["S"], C), (block,), args, {1: "sums"}, case,
+                      cpu_only=True, same_bits=False, zeroed=(1,))
+    values = _pooled(x.astype(np.float64), "nchw")
+    want = values.sum(axis=1)
+    hints = [Hint(want / case["S"], "only one block's total reached each channel's sum: every "
+                  "block must add its total (atomicAdd(&sums[c], total)).")]
+    if not np.isfinite(sums).all():
+        raise AssertionError(
+            f"sums contains NaN ({case.description}, block {block}). Hint: a lane added a value "
+            "it shuffled from a lane that does not exist (in a block of 48 threads the last warp "
+            "has 16 lanes, and a value read from outside the mask is undefined): add the "
+            "shuffled value only when lane + offset is below the warp's lane count.")
+    with quiet():
+        assert_close("sums", sums, want, case, atol=1e-5 * np.sqrt(values.shape[1]) * 4,
+                     rtol=1e-5, hints=hints,
+                     note=f"launched with grid ({case['S']}, {C}) and block {block}")
 
 
-def check_channel_sums(fn):
-    """``fn()`` returns the source of ``channel_sums``, fixed: per-channel sums, no race."""
-    _check_sums(fn, _sums_cases())
-
-
-def check_channel_sums_randomized(fn, seed=None):
-    rng = np.random.default_rng(grading_seed("channel_sums") if seed is None else seed)
+def _sums_randomized(seed):
+    rng = np.random.default_rng(seed)
     cases = []
-    for k in range(2):
+    for _ in range(2):
         shape = (int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(1, 7)),
                  int(rng.integers(2, 7)))
         splits = int(rng.integers(1, 6))
-        cases.append(_sums_case(f"randomized case {k}: x of shape {shape} in {splits} blocks per channel",
-                                shape, splits, int(rng.integers(2**31))))
-    _check_sums(fn, cases)
+        cases.append(_sums_case(f"x of shape {shape} in {splits} blocks per channel", shape, splits,
+                                int(rng.integers(2**31))))
+    return _with_block(cases, 64) + _with_block(cases, 48)
+
+
+SUMS = Exercise("channel_sums_source", lambda: _with_block(_sums_cases(), 64) + _with_block(_sums_cases(), 48),
+                _sums_randomized, _check_sums_case,
+                summary="the source of channel_sums, fixed: per-channel sums, no race")
+check_channel_sums, check_channel_sums_randomized = SUMS.checks("check_channel_sums", module=__name__)
 
 
 # ---- backward elementwise kernel --------------------------------------------------------------
@@ -552,6 +565,7 @@ def _bwd_cases():
         _bwd_case("x of shape (2, 3, 4, 4)", (2, 3, 4, 4), 11),
         _bwd_case("x of shape (3, 2, 5, 7): H*W = 35, not a multiple of the block", (3, 2, 5, 7), 12),
         _bwd_case("x of shape (4, 1, 2, 3): C = 1", (4, 1, 2, 3), 13),
+        _bwd_case("x of shape (1, 2, 3, 5): one sample", (1, 2, 3, 5), 14),
     ]
 
 
@@ -575,38 +589,40 @@ def _bwd_variants(case):
     }
 
 
-def _check_bwd(fn, cases):
+def _check_bwd_case(fn, case):
     code = _source(fn, "bn_bwd_elemt_source", "bn_bwd_elemt")
-    for case in cases:
-        x = case["x"]
-        N, C, HW = _dims(x)
-        args = (case["dy"], x, case["mean"], case["invstd"], case["gamma"], case["dgamma"],
-                case["dbeta"], np.zeros_like(x), np.int32(N), np.int32(C), np.int32(HW))
-        (dx,) = _launch(code, "bn_bwd_elemt", (-(-HW // 64), N * C), (64,), args, {7: "dx"}, case)
-        v = _bwd_variants(case)
-        hints = [
-            Hint(v["frozen"], "dx ignores the paths through the batch mean and variance: subtract "
-                 "dbeta / m and x_hat * dgamma / m from dy."),
-            Hint(v["no_mean"], "dx is missing the -dbeta / m term (the path through the mean)."),
-            Hint(v["no_var"], "dx is missing the -x_hat * dgamma / m term (the path through the "
-                 "variance)."),
-            Hint(v["no_gamma"], "dx is missing the factor gamma[c]."),
-            Hint(v["no_m"], "dbeta and dgamma are sums over m = N * H * W values; divide them by m."),
-        ]
-        with quiet():
-            assert_close("dx", dx, v["right"], case, atol=1e-5, rtol=1e-4, hints=hints)
+    x = case["x"]
+    N, C, HW = _dims(x)
+    args = (case["dy"], x, case["mean"], case["invstd"], case["gamma"], case["dgamma"],
+            case["dbeta"], np.zeros_like(x), np.int32(N), np.int32(C), np.int32(HW))
+    (dx,) = _launch(code, "bn_bwd_elemt", (-(-HW // 64), N * C), (64,), args, {7: "dx"}, case)
+    v = _bwd_variants(case)
+    hints = [
+        Hint(v["frozen"], "dx ignores the paths through the batch mean and variance: subtract "
+             "dbeta / m and x_hat * dgamma / m from dy."),
+        Hint(v["no_mean"], "dx is missing the -dbeta / m term (the path through the mean)."),
+        Hint(v["no_var"], "dx is missing the -x_hat * dgamma / m term (the path through the "
+             "variance)."),
+        Hint(v["no_gamma"], "dx is missing the factor gamma[c]."),
+        Hint(v["no_m"], "dbeta and dgamma are sums over m = N * H * W values; divide them by m."),
+    ]
+    with quiet():
+        assert_close("dx", dx, v["right"], case, atol=1e-5, rtol=1e-4, hints=hints)
 
 
-def check_backward_elementwise(fn):
-    """``fn()`` returns the source of ``bn_bwd_elemt``: dx from the reduced sums."""
-    _check_bwd(fn, _bwd_cases())
-
-
-def check_backward_elementwise_randomized(fn, seed=None):
-    rng = np.random.default_rng(grading_seed("bn_bwd_elemt") if seed is None else seed)
+def _bwd_randomized(seed):
+    rng = np.random.default_rng(seed)
     cases = []
-    for k in range(3):
+    for _ in range(3):
         shape = (int(rng.integers(1, 5)), int(rng.integers(1, 5)), int(rng.integers(1, 9)),
                  int(rng.integers(2, 9)))
-        cases.append(_bwd_case(f"randomized case {k}: x of shape {shape}", shape, int(rng.integers(2**31))))
-    _check_bwd(fn, cases)
+        cases.append(_bwd_case(f"x of shape {shape}", shape, int(rng.integers(2**31))))
+    return cases
+
+
+BACKWARD = Exercise("bn_bwd_elemt_source", _bwd_cases, _bwd_randomized, _check_bwd_case,
+                    summary="the source of bn_bwd_elemt: dx from the reduced sums")
+check_backward_elementwise, check_backward_elementwise_randomized = BACKWARD.checks(
+    "check_backward_elementwise", module=__name__)
+
+EXERCISES = (THREAD_PER_CHANNEL, BLOCK_TREE, WELFORD_WARP, FINALIZE, SUMS, BACKWARD)

@@ -11,12 +11,16 @@ Learner functions checked here (NumPy):
 - ``loss_along_gradient(loss_fn, grad_fn, theta, lr, multipliers) -> (losses, grad_changes)``:
   with g = grad_fn(theta), for each m the loss at ``theta - m * lr * g`` and
   ``||grad_fn(theta - m * lr * g) - g||``, each an array of shape ``(len(multipliers),)``.
+
+The last two take functions, which cannot cross into the re-grade's sandbox, so their exercises
+have a ``compute`` half (run next to the learner's code, on the case rebuilt there) and a
+``judge`` half (``_core.Exercise``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from minibn.checks._core import Case, Exercise, Hint, assert_close, assert_unchanged, fmt, unpack
+from minibn.checks._core import Case, Exercise, Hint, Split, assert_close, assert_unchanged, fmt, unpack
 
 __all__ = [
     "check_lp_normalize", "check_lp_normalize_randomized",
@@ -188,7 +192,15 @@ class _CountingGradFn:
         return [np.array(g, copy=True) for g in self.grad_fn([np.asarray(w) for w in weights])]
 
 
-def _check_ics_case(fn, case):
+def _numbers(value):
+    """A returned sequence of numbers as float64 data, or its type's name (the judge says so)."""
+    try:
+        return np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        return type(value).__name__
+
+
+def _ics_compute(fn, case):
     weights, grad_fn, i, lr = case["weights"], case["grad_fn"], case["i"], case["lr"]
     copies = [w.copy() for w in weights]
     result = fn(_CountingGradFn(grad_fn), weights, i, lr)
@@ -196,13 +208,19 @@ def _check_ics_case(fn, case):
     for j, (w, c) in enumerate(zip(weights, copies)):
         assert_unchanged(f"weights[{j}]", w, c, case, "internal_covariate_shift")
     try:
-        got = np.array([float(dist), float(cos)])
+        return {"result": np.array([float(dist), float(cos)])}
     except (TypeError, ValueError):
+        return {"result": f"{type(dist).__name__} and {type(cos).__name__}"}
+
+
+def _ics_judge(answers, case):
+    got = answers["result"]
+    if isinstance(got, str):
         raise AssertionError("internal_covariate_shift must return two numbers (distance, cosine), "
-                             f"got {type(dist).__name__} and {type(cos).__name__}") from None
-    expected = _ics_variant(grad_fn, weights, i, lr)
-    assert_close("(distance, cosine)", got, expected, case, atol=1e-10, rtol=1e-7,
-                 hints=_ics_hints(grad_fn, weights, i, lr))
+                             f"got {got}")
+    weights, grad_fn, i, lr = case["weights"], case["grad_fn"], case["i"], case["lr"]
+    assert_close("(distance, cosine)", got, _ics_variant(grad_fn, weights, i, lr), case, atol=1e-10,
+                 rtol=1e-7, hints=lambda: _ics_hints(grad_fn, weights, i, lr))
 
 
 def _ics_case(description, seed, depth, i, lr, width=4, n=6):
@@ -218,15 +236,23 @@ def _ics_public():
     ]
 
 
+_FIRST = "a 3-layer tanh net, layer i=0 (nothing precedes it)"
+
+
 def _ics_first_layer(internal_covariate_shift):
     """layer 0, which nothing precedes: distance 0 and cosine 1"""
-    first = _ics_case("a 3-layer tanh net, layer i=0 (nothing precedes it)", 4, 3, 0, 0.5)
+    first = _ics_case(_FIRST, 4, 3, 0, 0.5)
     dist, cos = unpack(internal_covariate_shift(first["grad_fn"], first["weights"], 0, 0.5),
                        "internal_covariate_shift", 2, ["distance", "cosine"])
-    if not (abs(float(dist)) < 1e-12 and abs(float(cos) - 1) < 1e-9):
+    return {"result": [float(dist), float(cos)]}
+
+
+def _ics_first_layer_judge(answers):
+    dist, cos = answers["result"]
+    if not (abs(dist) < 1e-12 and abs(cos - 1) < 1e-9):
         raise AssertionError(
             f"layer 0 has no preceding layers, so G' = G: expected distance 0 and cosine 1, "
-            f"got {fmt(dist)} and {fmt(cos)} ({first.description}).")
+            f"got {fmt(dist)} and {fmt(cos)} ({_FIRST}).")
 
 
 def _ics_randomized(seed):
@@ -242,9 +268,11 @@ def _ics_randomized(seed):
     return cases
 
 
-ICS = Exercise("internal_covariate_shift", _ics_public, _ics_randomized, _check_ics_case,
+ICS = Exercise("internal_covariate_shift", _ics_public, _ics_randomized, None,
                summary="Definition 2.1 on small tanh nets with exact gradients",
-               extra_checks=(_ics_first_layer,))
+               extra_checks=(Split(_ics_first_layer, _ics_first_layer_judge,
+                                   "layer 0, which nothing precedes: distance 0 and cosine 1"),),
+               compute=_ics_compute, judge=_ics_judge)
 check_internal_covariate_shift, check_internal_covariate_shift_randomized = ICS.checks(
     module=__name__)
 
@@ -279,15 +307,24 @@ def _flat_net(seed, depth, width, n):
         [g.ravel() for g in grad_fn(split(t))]))
 
 
-def _check_along_case(fn, case):
+def _along_compute(fn, case):
     theta, loss_fn, grad_fn, lr, mults = (case[k] for k in ("theta", "loss_fn", "grad_fn", "lr", "mults"))
     copy = theta.copy()
     result = fn(loss_fn, grad_fn, theta, lr, mults)
     losses, changes = unpack(result, "loss_along_gradient", 2, ["losses", "grad_changes"])
     assert_unchanged("theta", theta, copy, case, "loss_along_gradient")
+    return {"losses": _numbers(losses), "grad_changes": _numbers(changes)}
+
+
+def _along_judge(answers, case):
+    theta, loss_fn, grad_fn, lr, mults = (case[k] for k in ("theta", "loss_fn", "grad_fn", "lr", "mults"))
     expected = _along_variant(loss_fn, grad_fn, theta, lr, mults)
     v = lambda which, **kw: _along_variant(loss_fn, grad_fn, theta, lr, mults, **kw)[which]  # noqa: E731
-    for which, name, got in ((0, "losses", losses), (1, "grad_changes", changes)):
+    for which, name in ((0, "losses"), (1, "grad_changes")):
+        got = answers[name]
+        if isinstance(got, str):
+            raise AssertionError(f"{name} must be an array of {len(mults)} numbers, got {got} "
+                                 f"({case.description})")
         hints = [
             Hint(v(which, sign=+1.0), "you moved uphill: probe theta - m * lr * g, along the "
                  "direction an SGD step takes."),
@@ -299,7 +336,6 @@ def _check_along_case(fn, case):
         if which == 1:
             hints.append(Hint(v(1, relative=True), "grad_changes should be ||grad(theta') - g||, "
                               "not divided by ||g||."))
-        got = np.asarray(got) if isinstance(got, list) else got
         assert_close(name, got, expected[which], case, atol=1e-10, rtol=1e-7, hints=hints)
 
 
@@ -328,9 +364,9 @@ def _along_randomized(seed):
     return cases
 
 
-ALONG = Exercise("loss_along_gradient", _along_public, _along_randomized, _check_along_case,
+ALONG = Exercise("loss_along_gradient", _along_public, _along_randomized, None,
                  summary="the loss and gradient change at theta - m * lr * g, against exact "
-                 "losses and gradients of small tanh nets")
+                 "losses and gradients of small tanh nets", compute=_along_compute, judge=_along_judge)
 check_loss_along_gradient, check_loss_along_gradient_randomized = ALONG.checks(module=__name__)
 
 EXERCISES = (LP, ICS, ALONG)

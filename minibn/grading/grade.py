@@ -48,13 +48,13 @@ _CONFIG_EXTRA = '''
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, Execute,
                                     GetGrades, IgnorePattern, LimitOutput, SaveAutoGrades)
-from minibn.grading.feedback import CapOutputs, HideTestTracebacks
+from minibn.grading.feedback import CapOutputs, ExplainScores, HideTestTracebacks
 c.Execute.timeout = {timeout}
 c.ExecutePreprocessor.timeout = {timeout}
 c.OverwriteCells.add_missing_cells = True
 c.Autograde.autograde_preprocessors = [Execute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                        CapOutputs, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
-c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, HideTestTracebacks, CapOutputs,
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, HideTestTracebacks, ExplainScores, CapOutputs,
                                     CSSHTMLHeaderPreprocessor]
 '''
 # nbgrader's kernel in the sandbox: it has no network, so it talks to nbgrader over Unix sockets.
@@ -152,7 +152,7 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
             env["JUPYTER_PATH"] = str(work / "jupyter") + os.pathsep + env.get("JUPYTER_PATH", "")
         base = _prepare_base(course, work / "base", sorted({a for _, a in pairs}), timeout, env, sandboxed)
         grading = {"env": env, "verdict_env": verdict_env, "timeout": timeout, "sandboxed": sandboxed,
-                   "self_check": set(self_check_students), "progress": _Progress(len(pairs), log)}
+                   "self_check": set(self_check_students), "progress": _Progress(2 * len(pairs), log)}
         shards = [[p for p in pairs if p[0] in students[k::workers]] for k in range(workers)]
         log(f"grading {len(pairs)} submission(s) of {len(students)} student(s) with {workers} worker(s)")
         with ThreadPoolExecutor(workers) as pool:
@@ -167,6 +167,7 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
                     _replace_tree(work / f"shard-{k}" / step / student / assignment,
                                   course / step / student / assignment)
         os.replace(merged, course / "gradebook.db")
+        sandbox.sweep_cgroups()  # the nbgrader kernels' (they exec into bwrap and leave no parent to do it)
         csv_path = Path(csv_path) if csv_path else course / "grades.csv"
         best = {}
         for assignment in sorted({a for _, a in pairs}):
@@ -188,22 +189,47 @@ def grade(course, *, assignments=None, students=None, workers=None, timeout=60.0
 
 
 class _Progress:
-    """One line per graded submission: count, bar, elapsed time and an ETA (thread-safe)."""
+    """One line per step (a submission autograded by nbgrader, then re-graded): count, bar,
+    elapsed time and an ETA (thread-safe). The ETA is the rate since the first step, so the
+    start-up before it (nbgrader, generating the lessons) does not inflate it."""
 
     def __init__(self, total, log):
         import threading
         import time
 
         self.total, self.log, self.done, self.start = total, log, 0, time.monotonic()
-        self.lock, self.clock = threading.Lock(), time.monotonic
+        self.lock, self.clock, self.first = threading.Lock(), time.monotonic, None
 
     def step(self, what):
         with self.lock:
             self.done += 1
-            elapsed = self.clock() - self.start
-            eta = elapsed / self.done * (self.total - self.done)
+            now = self.clock()
+            elapsed = now - self.start
+            if self.first is None:
+                self.first = now
+            rate = (now - self.first) / (self.done - 1) if self.done > 1 else elapsed / self.done
+            eta = rate * (self.total - self.done)
             bar = "#" * (20 * self.done // self.total)
-            self.log(f"[{bar:<20}] {self.done}/{self.total} graded ({what}), {elapsed:.0f} s, ETA {eta:.0f} s")
+            self.log(f"[{bar:<20}] {self.done}/{self.total} ({what}), {elapsed:.0f} s, ETA {eta:.0f} s")
+
+
+def _count_autograded(root, pairs, progress, stop):
+    """nbgrader autogrades a shard in one call and says nothing meanwhile: a step per autograded
+    notebook as it appears (and, once ``stop`` is set, for those that never will)."""
+    seen = set()
+
+    def poll():
+        for student, assignment in pairs:
+            if (student, assignment) not in seen and any((root / "autograded" / student / assignment).glob("*.ipynb")):
+                seen.add((student, assignment))
+                progress.step(f"{student}/{assignment} autograded")
+
+    while not stop.wait(1.0):
+        poll()
+    poll()
+    for pair in pairs:
+        if pair not in seen:
+            progress.step(f"{pair[0]}/{pair[1]} not autograded")
 
 
 def _prepare_base(course, base, assignments, timeout, env, sandboxed):
@@ -243,7 +269,16 @@ def _grade_shard(course, base, root, pairs, grading):
                                                  or n == ".ipynb_checkpoints"] if Path(d) == src else [])
         for path in nbs.notebooks_in(root / "submitted" / student / assignment):
             _repair_grade_ids(path, base / "solutions" / assignment / path.name)
-    log = nbgrader_cli.run(["autograde", "*", "--force"], root, env=env, check=False)
+    import threading
+
+    stop = threading.Event()
+    counter = threading.Thread(target=_count_autograded, args=(root, pairs, grading["progress"], stop), daemon=True)
+    counter.start()
+    try:
+        log = nbgrader_cli.run(["autograde", "*", "--force"], root, env=env, check=False)
+    finally:
+        stop.set()
+        counter.join()
     results = []
     for student, assignment in pairs:
         sub = Submission(student, assignment)
@@ -256,7 +291,7 @@ def _grade_shard(course, base, root, pairs, grading):
         if not grading["sandboxed"]:
             sub.flags.append(integrity.flag("unsafe", sandbox.UNSAFE_WARNING))
         results.append(sub)
-        grading["progress"].step(f"{student}/{assignment}")
+        grading["progress"].step(f"{student}/{assignment} re-graded")
     nbgrader_cli.run(["generate_feedback", "*", "--force"], root, env=env, check=False)
     return results
 

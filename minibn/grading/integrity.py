@@ -201,3 +201,58 @@ def shadowing_files(submission_dir):
         elif path.is_dir() and ((path / "__init__.py").exists() or any(path.glob("*.py"))):
             found.append(path.name + "/")
     return found
+
+
+# Anything that can bind a name without naming it in the code: with one of these in a learner
+# cell, no graded name is proven to be its ``def``.
+_DYNAMIC_NAMES = {"exec", "eval", "compile", "globals", "vars", "locals", "setattr", "delattr",
+                  "__import__", "importlib", "get_ipython", "ctypes", "gc", "sys", "inspect",
+                  "builtins", "__builtins__", "types"}
+_DYNAMIC_ATTRS = {"__dict__", "__code__", "__globals__", "f_globals", "f_locals", "_getframe",
+                  "currentframe", "modules", "__setattr__", "__class__"}
+
+
+def static_provenance(cells, learner_functions):
+    """``{name: True}`` for every graded name the notebook's text alone proves is the learner's
+    own ``def``/``class``: bound at the top level of a learner cell, without decorators, and bound
+    nowhere else (no assignment, import, ``global``, ``del``, loop variable), in cells that use
+    nothing that binds names dynamically (``exec``, ``globals()``, ``setattr``, ``sys``,
+    ``__code__``, ...). Decided in the grader from the submitted cells (``cells``: the plan's,
+    ``{"source", "learners"}``), so no learner process can change it; a name it cannot prove is
+    left to the learner process's own report."""
+    bound = {name: [] for name in learner_functions}  # name -> how each binding binds it
+    dynamic = False
+    for cell in cells:
+        try:
+            tree = ast.parse(cell["source"])
+        except SyntaxError:
+            dynamic = True
+            continue
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name in bound:
+                ok = cell["learners"] and not node.decorator_list
+                bound[node.name].append("def" if ok else "other")
+        top = {id(n) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                dynamic |= node.id in _DYNAMIC_NAMES and cell["learners"]
+                if node.id in bound and isinstance(node.ctx, (ast.Store, ast.Del)):
+                    bound[node.id].append("other")
+            elif isinstance(node, ast.Attribute):
+                dynamic |= node.attr in _DYNAMIC_ATTRS and cell["learners"]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    name = (alias.asname or alias.name).split(".")[0]
+                    if name in bound:
+                        bound[name].append("other")
+                    dynamic |= alias.name.split(".")[0] in _DYNAMIC_NAMES and cell["learners"]
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                for name in node.names:
+                    if name in bound:
+                        bound[name].append("other")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and \
+                    node.name in bound and id(node) not in top:
+                bound[node.name].append("other")  # a nested def of the same name: not the top level
+    if dynamic:
+        return {}
+    return {name: True for name, how in bound.items() if how and all(h == "def" for h in how)}

@@ -7,6 +7,8 @@ stdin and stdout (``wire`` messages). It runs the learner's cells, then answers 
 - ``call NAME ARGS KWARGS``: call the learner's function, return what it returned, the arguments
   it changed in place, and what this process noticed (patched modules, calls into minibn's
   reference, a removed profile hook);
+- ``compute NAME MODULE EXERCISE WHICH INDEX SEED``: for an object that is not data (a class, a
+  function of a model), run the exercise's ``compute`` half on it and return the answers;
 - ``bye``.
 
 Everything this process says comes from a process the learner controls, so the grader treats it
@@ -79,6 +81,7 @@ class Server:
         self.reference_files = set()
         self.learner_functions = []
         self.guard = None
+        self.cases = {}  # (module, exercise, which, seed) -> the cases compute runs on
 
     def timed(self, fn):
         signal.setitimer(signal.ITIMER_REAL, self.timeout)
@@ -147,13 +150,9 @@ class Server:
         except self.wire.WireError as err:
             return {"kind": "value", "value": {"__opaque__": type(value).__name__}, "note": str(err)}
 
-    def call(self, message):
-        fn = self.namespace.get(message["name"])
-        if not callable(fn):
-            return {"ok": False, "type": "TypeError", "error": f"{message['name']} is not callable"}
-        args = [self.wire.decode(a) for a in message["args"]]
-        kwargs = {k: self.wire.decode(v) for k, v in message["kwargs"].items()}
-        before = [a.copy() if type(a).__name__ == "ndarray" else None for a in args]
+    def traced(self, thunk):
+        """Run ``thunk`` (which calls learner code) under the alarm and the reference tracer;
+        ``(error, result, notes)``."""
         hits = []
         tag, files, watched = self.tag, self.reference_files, set(self.learner_functions)
 
@@ -169,7 +168,7 @@ class Server:
         def run():
             sys.setprofile(profile)
             try:
-                return fn(*args, **kwargs)
+                return thunk()
             finally:
                 hooked = sys.getprofile() is profile
                 sys.setprofile(None)
@@ -177,10 +176,23 @@ class Server:
                     hits.append("(the profile hook was removed)")
 
         error, result = self.timed(run)
-        notes = {"hits": sorted(set(hits)), "tamper": self.guard.restore()}
+        return error, result, {"hits": sorted(set(hits)), "tamper": self.guard.restore()}
+
+    @staticmethod
+    def _failed(error, notes):
+        return {"ok": False, "type": type(error).__name__ if not isinstance(error, str) else "TimeoutError",
+                "error": _describe(error), **notes}
+
+    def call(self, message):
+        fn = self.namespace.get(message["name"])
+        if not callable(fn):
+            return {"ok": False, "type": "TypeError", "error": f"{message['name']} is not callable"}
+        args = [self.wire.decode(a) for a in message["args"]]
+        kwargs = {k: self.wire.decode(v) for k, v in message["kwargs"].items()}
+        before = [a.copy() if type(a).__name__ == "ndarray" else None for a in args]
+        error, result, notes = self.traced(lambda: fn(*args, **kwargs))
         if error is not None:
-            return {"ok": False, "type": type(error).__name__ if not isinstance(error, str) else "TimeoutError",
-                    "error": _describe(error), **notes}
+            return self._failed(error, notes)
         changed = {}
         import numpy as np
 
@@ -199,20 +211,47 @@ class Server:
                 aliases.update({str(j): i for j, r in enumerate(result) if r is a})
         return {"ok": True, "result": encoded, "mutated": changed, "aliases": aliases, **notes}
 
-    def test(self, message):
-        """Run a test cell here, for an exercise whose answer cannot cross as data (a class, a
-        kernel's source). Its seed comes from a per-student key the grader derived from the secret."""
-        keys = {"MINIBN_GRADING_SECRET": message["key"], "MINIBN_STUDENT_ID": message["student"]}
-        os.environ.update(keys)
+    def compute(self, message):
+        """The compute half of an exercise whose learner object is not data (``_core.Exercise``):
+        run the learner's object on a case rebuilt here from ``(which, index, seed)`` and answer
+        plain data; the grader judges it."""
+        obj = self.namespace.get(message["name"])
+        module, which = str(message["module"]), message["which"]
+        if not module.startswith("minibn.checks.") or which not in ("public", "hidden", "extra", "require"):
+            return {"ok": False, "type": "ValueError", "error": "not a check's exercise"}
+        import importlib
+
+        exercise = next(e for e in importlib.import_module(module).EXERCISES if e.name == message["exercise"])
+        index, seed = int(message["index"]), message.get("seed")
+        if which == "require":
+            def thunk():
+                exercise._require(obj)
+                return {}
+        elif which == "extra":
+            def thunk():
+                return exercise.extra_checks[index].compute(obj)
+        else:
+            key = (module, exercise.name, which, seed)
+            if key not in self.cases:
+                self.cases[key] = exercise.public_cases() if which == "public" else exercise.hidden_cases(int(seed))
+            case = self.cases[key][index]
+
+            def thunk():
+                return exercise.compute(obj, case)
+        error, answers, notes = self.traced(thunk)
+        if error is not None:
+            return self._failed(error, notes)
+        if type(answers) is not dict:
+            return {"ok": False, "type": "TypeError", "error": "compute answered no dict", **notes}
+        raised = answers.pop("raised", None)
         try:
-            code = compile(message["source"], f"<test {message['grade_id']}>", "exec")
-            timeout, self.timeout = self.timeout, float(message["timeout"])
-            error, _ = self.timed(lambda: exec(code, self.namespace))
-            self.timeout = timeout
-        finally:
-            for key in keys:
-                os.environ.pop(key, None)
-        return {"error": _describe(error), "tamper": self.guard.restore()}
+            encoded = self.wire.encode(answers)
+        except (self.wire.WireError, MemoryError, RecursionError) as err:
+            return {"ok": False, "type": "ValueError", "error": f"the answer cannot be graded: {err}", **notes}
+        reply = {"ok": True, "result": encoded, **notes}
+        if raised is not None:
+            reply["raised"] = {"type": type(raised).__name__, "error": _describe(raised)}
+        return reply
 
     def serve(self):
         while True:
@@ -220,7 +259,7 @@ class Server:
             op = message.get("op")
             if op == "bye":
                 return
-            reply = {"run": self.run_cells, "get": self.get, "call": self.call, "test": self.test}[op](message)
+            reply = {"run": self.run_cells, "get": self.get, "call": self.call, "compute": self.compute}[op](message)
             try:
                 self.wire.send(self.out, reply)
             except self.wire.WireError as err:  # an answer too large to send: say so instead

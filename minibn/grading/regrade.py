@@ -82,31 +82,7 @@ def build_plan(source_nb, submitted_nb, learner_functions):
              for c in source_nb.cells if nbs.is_test(c)]
     solutions = [nbs.python_source(c.source) for c in source_nb.cells if nbs.is_solution(c)]
     return {"cells": cells, "tests": tests, "learner_functions": sorted(learner_functions),
-            "solution_sources": solutions, "lesson_imports": lesson_imports(source_nb),
-            "sandbox_names": sorted(not_data(solutions, learner_functions))}
-
-
-def not_data(solution_sources, learner_functions):
-    """Learner names whose exercise is not arrays in, arrays out, judged from the *instructor's*
-    solution (so a learner cannot choose): a class defined in a solution cell, or a learner
-    function that uses torch or returns source text (a kernel)."""
-    found = set()
-    for source in solution_sources:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef):  # a class the learner writes (an autograd Function, a module)
-                found.add(node.name)
-            if getattr(node, "name", None) not in learner_functions:
-                continue
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-                texts = [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-                if names & {"torch", "nn", "F"} or "source" in node.name or any(len(t) > 200 for t in texts[1:]):
-                    found.add(node.name)
-    return found
+            "solution_sources": solutions, "lesson_imports": lesson_imports(source_nb)}
 
 
 def lesson_imports(source_nb):

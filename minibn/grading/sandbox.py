@@ -9,7 +9,10 @@ Not inside: the course folder, ``solutions/``, the gradebook, other submissions,
 file, the repository's other folders, the host's ``/proc``.
 
 Limits (``Limits``): address space, CPU seconds, processes, size of any file written, no core
-files; the grader adds wall-clock limits and output caps on its side.
+files; the grader adds wall-clock limits and output caps on its side. The process limit is per
+sandbox where the machine lets the grader create pids cgroups (``pids_cgroup_parent``): each
+sandbox joins a cgroup of its own whose ``pids.max`` counts only its tasks. RLIMIT_NPROC, set as
+well, counts every task of the grading user and does not bind root at all.
 
 ``probe()`` tells whether a sandbox can be built here and raises ``SandboxUnavailable`` saying
 why and how to install bubblewrap when it cannot; ``python -m minibn.grading.sandbox kernel
@@ -51,8 +54,9 @@ class SandboxUnavailable(RuntimeError):
 class Limits:
     memory_bytes: int = 8 * 2**30
     cpu_seconds: int = 3600
-    # RLIMIT_NPROC counts every task (threads too) of the user, sandboxed or not: the margin over
-    # what the user already runs must absorb other jobs starting meanwhile on a shared machine.
+    # Tasks (threads too) in one sandbox's pids cgroup. Without a cgroup only RLIMIT_NPROC is
+    # left, which counts every task of the user, sandboxed or not (so it is set to what the user
+    # already runs plus this margin), and which the kernel never applies to root.
     processes: int = 2048
     file_bytes: int = 256 * 2**20
     tmp_bytes: int = 512 * 2**20
@@ -135,8 +139,11 @@ def command(argv, *, workdir, env, limits=Limits(), ro_files=(), rw_dirs=()):
 
 
 def preexec(limits=Limits()):
-    """For ``subprocess``'s ``preexec_fn``: rlimits, and SIGINT ignored by bwrap itself (it would
-    die of a Jupyter interrupt and take the kernel with it; the sandboxed program sets its own)."""
+    """For ``subprocess``'s ``preexec_fn``: rlimits, a pids cgroup of its own where the machine
+    allows one, and SIGINT ignored by bwrap itself (it would die of a Jupyter interrupt and take
+    the kernel with it; the sandboxed program sets its own)."""
+    cgroups = pids_cgroup_parent()
+
     def apply():
         import resource
 
@@ -148,8 +155,78 @@ def preexec(limits=Limits()):
         cap(resource.RLIMIT_FSIZE, limits.file_bytes)
         cap(resource.RLIMIT_CORE, 0)
         cap(resource.RLIMIT_NPROC, _tasks_of_user() + limits.processes)
+        if cgroups is not None:
+            _join_own_cgroup(cgroups, limits.processes)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return apply
+
+
+_CGROUP_PREFIX = "minibn-sandbox-"
+_cgroup_parent = {}
+
+
+def _own_cgroup(hierarchy):
+    """This process's path in the cgroup hierarchy whose controllers field is ``hierarchy``
+    ("pids" for cgroup v1's, "" for v2's unified one)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if (hierarchy in controllers.split(",")) if hierarchy else controllers == "":
+            return path
+    return None
+
+
+def pids_cgroup_parent():
+    """The folder where each sandbox can get a pids cgroup of its own (cgroup v1's ``pids``
+    hierarchy, or v2's with the pids controller delegated to the grader), or None: then only
+    RLIMIT_NPROC limits processes. Found once, by creating and removing a probe cgroup."""
+    if "parent" not in _cgroup_parent:
+        _cgroup_parent["parent"] = None
+        for mount, hierarchy in ((Path("/sys/fs/cgroup/pids"), "pids"), (Path("/sys/fs/cgroup"), "")):
+            own = _own_cgroup(hierarchy)
+            if own is None or not mount.is_dir():
+                continue
+            folder = mount / own.lstrip("/")
+            probe = folder / f"{_CGROUP_PREFIX}probe-{os.getpid()}"
+            try:
+                probe.mkdir(exist_ok=True)
+                usable = (probe / "pids.max").exists() and os.access(probe / "pids.max", os.W_OK)
+                probe.rmdir()
+            except OSError:
+                continue
+            if usable:
+                _cgroup_parent["parent"] = folder
+                break
+    return _cgroup_parent["parent"]
+
+
+def _join_own_cgroup(parent, processes):
+    """In the child, before exec: a new cgroup named after this process, capped, joined."""
+    group = parent / f"{_CGROUP_PREFIX}{os.getpid()}"
+    for _ in range(3):  # a concurrent sweep may remove the empty cgroup between mkdir and join
+        try:
+            group.mkdir(exist_ok=True)
+            (group / "pids.max").write_text(str(processes))
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            return
+        except FileNotFoundError:
+            continue
+
+
+def sweep_cgroups():
+    """Remove the pids cgroups of sandboxes that have ended (only an empty cgroup can be removed,
+    so a running sandbox's stays)."""
+    parent = pids_cgroup_parent()
+    if parent is None:
+        return
+    for group in parent.glob(f"{_CGROUP_PREFIX}*"):
+        try:
+            group.rmdir()
+        except OSError:
+            pass
 
 
 def _tasks_of_user():

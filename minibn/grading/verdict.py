@@ -17,10 +17,13 @@ A test scores 0 when it fails, when the learner's function is not the notebook's
 during it. Once the learner process is gone (a crash, a hard timeout, a broken protocol),
 the tests not yet run score 0 with that reason.
 
-A test that needs a learner object that is not data (a class, a kernel's source text) runs
-inside the sandbox instead (``_run_in_sandbox``), with a per-student key derived from the secret,
-and the submission is flagged ``verdict-in-sandbox``: that verdict is only as strong as the
-sandbox, not outside the learner's process.
+A learner object that is not data (lesson 04's autograd ``Function`` and module class, lesson
+05's and 07's functions of a model) is judged the same way, one level up: the check's
+``Exercise`` has a ``compute`` half, which the proxy's ``minibn_compute`` asks the sandbox to run
+on the case (rebuilt there from its index and seed; the seed is the learner's own, printed in
+their feedback, never the secret), and a ``judge`` half that compares the answers here. Lesson
+06's kernels are strings, so they cross as data, and ``kernel_worker`` compiles and runs them in
+a sandbox of their own.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from minibn.grading import copies, sandbox, wire
+from minibn.grading import copies, integrity, sandbox, wire
 
 
 class LearnerGone(Exception):
@@ -144,16 +147,18 @@ class RemoteFunction:
     def __repr__(self):
         return f"<learner function {self.__name__}>"
 
+    def minibn_compute(self, exercise, which, index, seed):
+        """The answers of ``exercise.compute`` on the learner's object in the sandbox (see
+        ``minibn.checks._core.Exercise``)."""
+        return self._session.compute(self.__name__, exercise, which, index, seed)
+
 
 class Session:
-    def __init__(self, link, cell_timeout):
-        self.link, self.cell_timeout = link, cell_timeout
+    def __init__(self, link, cell_timeout, launcher=None):
+        self.link, self.cell_timeout, self.launcher = link, cell_timeout, launcher
         self.notes = []
-        self.in_sandbox = []  # tests judged inside the sandbox (their answer is not data)
 
-    def call(self, name, args, kwargs):
-        message = {"op": "call", "name": name, "args": [wire.encode(a) for a in args],
-                   "kwargs": {k: wire.encode(v) for k, v in kwargs.items()}}
+    def _ask(self, message):
         reply = self.link.ask(message, timeout=self.cell_timeout + 15)
         if reply.get("hits"):
             self.notes.append(("delegation", [str(h)[:100] for h in reply["hits"]][:5]))
@@ -161,6 +166,28 @@ class Session:
             self.notes.append(("tamper", [str(t)[:100] for t in reply["tamper"]][:5]))
         if not reply.get("ok"):
             raise _remote_exception(str(reply.get("type", "Exception"))[:60], str(reply.get("error", ""))[:2000])
+        return reply
+
+    def compute(self, name, exercise, which, index, seed):
+        module = getattr(exercise.judge, "__module__", None) or ""
+        reply = self._ask({"op": "compute", "name": name, "module": module, "exercise": exercise.name,
+                           "which": which, "index": int(index), "seed": None if seed is None else int(seed)})
+        try:
+            answers = wire.decode(reply.get("result"))
+        except (wire.WireError, ValueError, TypeError) as err:
+            raise AssertionError(f"{name} gave answers that cannot be graded ({err})") from None
+        if type(answers) is not dict:
+            raise AssertionError(f"{name} gave answers that cannot be graded (not a dict)")
+        raised = reply.get("raised")
+        if isinstance(raised, dict):  # the learner's exception at a later step, raised where judge gets there
+            answers["raised"] = _remote_exception(str(raised.get("type", "Exception"))[:60],
+                                                  str(raised.get("error", ""))[:2000])
+        return answers
+
+    def call(self, name, args, kwargs):
+        message = {"op": "call", "name": name, "args": [wire.encode(a) for a in args],
+                   "kwargs": {k: wire.encode(v) for k, v in kwargs.items()}}
+        reply = self._ask(message)
         try:
             result = wire.decode(reply.get("result"))
             mutated = {int(k): wire.decode(v) for k, v in dict(reply.get("mutated") or {}).items()}
@@ -247,6 +274,12 @@ def run(plan, sandboxed=True):
                 __import__(node.module)
     import minibn.functional  # noqa: F401
 
+    launcher = None
+    if "minibn.checks.gpu_kernels" in sys.modules:  # learner CUDA C: compiled and run in a sandbox of its own
+        from minibn.checks import gpu_kernels
+        from minibn.grading.kernel_worker import Launcher
+
+        launcher = gpu_kernels.run_launches = Launcher(cell_timeout, sandboxed)
     references = {} if plan.get("self_check") else reference_fingerprints(learner, plan.get("solution_sources", []))
     copied = {}
     for cell in plan["cells"]:  # exact copies pasted into the notebook, read from its text
@@ -259,12 +292,16 @@ def run(plan, sandboxed=True):
         budget = cell_timeout * (len(plan["cells"]) + 2) + 30
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True,
-                                preexec_fn=sandbox.preexec(sandbox.Limits(cpu_seconds=int(budget * 4) + 60)))
+                                preexec_fn=sandbox.preexec(sandbox.Limits(
+                                    cpu_seconds=int(budget * 4) + 60,
+                                    processes=int(plan.get("processes", sandbox.Limits.processes)))))
         link = Link(proc, budget)
-        session = Session(link, cell_timeout)
+        session = Session(link, cell_timeout, launcher)
         try:
             _run_tests(plan, link, session, references, copied, result)
         finally:
+            if launcher is not None:
+                launcher.close()
             if link.gone is None:
                 try:
                     wire.send(proc.stdin, {"op": "bye"})
@@ -275,6 +312,7 @@ def run(plan, sandboxed=True):
             except subprocess.TimeoutExpired:
                 pass
             link.close()
+            sandbox.sweep_cgroups()
     if link.gone:
         flags.append({"kind": "crash", "detail": link.gone})
     return result
@@ -283,6 +321,7 @@ def run(plan, sandboxed=True):
 def _run_tests(plan, link, session, references, copied, result):
     flags, learner = result["flags"], plan["learner_functions"]
     delegated = dict(copied)
+    proven = integrity.static_provenance(plan["cells"], learner)  # from the notebook's text, here
     try:
         report = link.ask({"op": "run", "cells": plan["cells"], "timeout": plan["cell_timeout"],
                            "learner_functions": learner})
@@ -290,7 +329,11 @@ def _run_tests(plan, link, session, references, copied, result):
         for name, info in dict(report.get("functions") or {}).items():
             if name not in learner or not isinstance(info, dict):
                 continue
-            if not info.get("from_notebook"):
+            if not info.get("from_notebook") and name in proven:
+                flags.append({"kind": "provenance", "detail": (
+                    f"the learner process reports {name} as coming from {str(info.get('origin'))[:200]}, "
+                    "but the notebook's text defines it and nothing rebinds it: for review")})
+            elif not info.get("from_notebook"):
                 delegated[name] = (f"{name} is not defined by the notebook's code "
                                    f"(it comes from {str(info.get('origin'))[:200]})")
             elif info.get("fingerprint") in references and name not in delegated:
@@ -308,7 +351,9 @@ def _run_tests(plan, link, session, references, copied, result):
         if link.gone:
             result["tests"][gid] = {"passed": False, "score": 0.0, "points": points, "error": link.gone}
             continue
-        error = _run_test(test, link, session, imports, learner, plan.get("sandbox_names", ()))
+        error = _run_test(test, link, session, imports, learner)
+        if session.launcher is not None:  # a fresh kernel worker for every test
+            session.launcher.close()
         seen = {kind: sorted({w for k, what in session.notes if k == kind for w in what})
                 for kind in ("delegation", "tamper")}
         session.notes.clear()
@@ -323,40 +368,9 @@ def _run_tests(plan, link, session, references, copied, result):
                                 "points": points, "error": error}
     for name, why in delegated.items():
         flags.append({"kind": "copy" if "exact copy" in why else "delegation", "detail": why})
-    if session.in_sandbox:
-        flags.append({"kind": "verdict-in-sandbox", "detail": (
-            f"{', '.join(session.in_sandbox)} judged inside the sandbox (the answer is a class or source "
-            "text, not data): that verdict is only as trustworthy as the learner's own process")})
 
 
-def _sandbox_key():
-    """The key the sandbox's own hidden cases derive from: per student, never the secret itself."""
-    import hashlib
-    import hmac
-
-    secret = os.environ.get("MINIBN_GRADING_SECRET", "")
-    student = os.environ.get("MINIBN_STUDENT_ID", "")
-    return hmac.new(secret.encode(), f"sandbox\0{student}".encode(), hashlib.sha256).hexdigest()
-
-
-def _run_in_sandbox(test, link, session):
-    """Fallback for a test whose answer is not data: the test cell runs in the sandbox."""
-    reply = link.ask({"op": "test", "source": test["source"], "grade_id": test["grade_id"],
-                      "key": _sandbox_key(), "student": os.environ.get("MINIBN_STUDENT_ID", ""),
-                      "timeout": session.cell_timeout * 4}, timeout=session.cell_timeout * 4 + 15)
-    session.in_sandbox.append(test["grade_id"])
-    if reply.get("tamper"):
-        session.notes.append(("tamper", [str(t)[:100] for t in reply["tamper"]][:5]))
-    error = reply.get("error")
-    return None if error is None else str(error)[:2000]
-
-
-def _run_test(test, link, session, imports, learner, sandbox_names=()):
-    if set(test["names"]) & set(sandbox_names):
-        try:
-            return _run_in_sandbox(test, link, session)
-        except LearnerGone as gone:
-            return str(gone)
+def _run_test(test, link, session, imports, learner):
     source = test["source"]
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     own = _bound_names(source)
@@ -374,7 +388,7 @@ def _run_test(test, link, session, imports, learner, sandbox_names=()):
             return str(gone)
         if answer.get("kind") == "function":
             namespace[name] = RemoteFunction(session, name)
-        elif answer.get("kind") == "object":  # a data exercise answered with a class or text: it fails here
+        elif answer.get("kind") == "object":  # a class: its exercise's compute half runs in the sandbox
             namespace[name] = RemoteFunction(session, name) if answer.get("callable") else wire._opaque("str")
         elif answer.get("kind") == "value":
             try:

@@ -2,7 +2,7 @@
 
 For each lesson in solutions/ (and the harness's own demo lesson): the solution runs top to bottom
 with Run All and shows no error output; every widget renders; every explorer responds (a control
-moved redraws its figure); nbgrader's Validate button says "Success" on it, also in a plain session
+moved redraws its figure); nbgrader's Validate button says "Success" on it in a plain session
 started without MINIBN_FAST, as a learner's `make lab` is. The student copy, released by nbgrader,
 fails Validate untouched, naming the failing cell, and shows every question above its answer box. Screenshots go to
 build/screenshots/. Run alone with ``make browser``.
@@ -79,10 +79,8 @@ def test_solution_runs_and_explorers_respond(browser, lab, context, shots, lesso
             errors = nb.error_outputs()
             assert not errors, f"{lesson}: explorer {i + 1} raised after its {control} moved:\n" + "\n".join(errors)
 
-        verdict = nb.validate(VALIDATE_S)
-        nb.shot(f"{lesson}-solution-validate")
-        assert "Success! Your notebook passes all the tests." in verdict, f"{lesson}: {verdict[:3000]}"
-        nb.close_dialog()
+        # Validate on the solution runs once, in the plain session below: the server a learner's
+        # `make lab` starts, and the stricter of the two (a second Validate here cost a full run).
         assert not nb.page_errors, f"{lesson}: JavaScript errors: {nb.page_errors}"
     finally:
         nb.close()

@@ -142,6 +142,64 @@ def test_a_trace_ipython_printed_on_stderr_is_cut_to_its_last_line():
                                                      "UserWarning: slow\n"]
 
 
+def _scored(outputs, score, points=3):
+    nb = _nb_with_outputs(outputs)
+    nb.cells[0].metadata.nbgrader.update(score=score, points=points)  # as nbgrader's GetGrades sets them
+    return feedback.ExplainScores().preprocess(nb, {})[0].cells[0].outputs
+
+
+def test_feedback_says_the_score_is_the_regrade_when_the_notebook_run_failed():
+    # A learner's notebook ran a test cell before the cell defining a helper its function calls:
+    # the run shown failed with a NameError, the re-grade (all solution cells first) passed.
+    error = nbformat.v4.new_output("error", ename="NameError", evalue="name '_moments' is not defined",
+                                   traceback=["NameError: name '_moments' is not defined"])
+    note, shown = _scored([error], 3.0)
+    assert shown == error
+    assert note.name == "stdout" and note.text.startswith("Score 3 / 3 comes from the re-grade")
+    assert "your notebook from top to bottom" in note.text and "failed below and passed there" in note.text
+    assert "before the cell that defines" in note.text  # why the two runs differ, and what to fix
+    # Any other error: the notebook's run drew a case the re-grade did not.
+    wrong = nbformat.v4.new_output("error", ename="AssertionError", evalue="var is wrong", traceback=[])
+    note = _scored([wrong], 3.0)[0].text
+    assert "met a case your code gets wrong" in note and "before the cell that defines" not in note
+    # A trace on stderr (IPython's fallback) is a failure too, and a partial score still differs.
+    trace = nbformat.v4.new_output(
+        "stream", name="stderr", text="Traceback (most recent call last):\nNameError: name 'f' is not defined\n")
+    assert "before the cell that defines" in _scored([trace], 1.5)[0].text
+
+
+def test_feedback_says_the_score_is_the_regrade_when_the_notebook_run_passed():
+    note, = _scored([], 0.0)
+    assert note.text.startswith("Score 0 / 3 comes from the re-grade")
+    assert "passed below and failed there" in note.text and "hidden cases" in note.text
+
+
+def test_feedback_adds_nothing_where_the_two_runs_agree():
+    error = nbformat.v4.new_output("error", ename="AssertionError", evalue="var is wrong", traceback=[])
+    warning = nbformat.v4.new_output("stream", name="stderr", text="UserWarning: slow\n")
+    assert _scored([error], 0.0) == [error]
+    assert _scored([warning], 3.0) == [warning]
+    nb = _nb_with_outputs([error])  # no score read: a notebook outside the feedback step
+    assert feedback.ExplainScores().preprocess(nb, {})[0].cells[0].outputs == [error]
+
+
+def test_feedback_names_a_score_set_by_hand(monkeypatch):
+    seen = []
+
+    def cell_grades(path, student, assignment):
+        seen.append((path, student, assignment))
+        return {("00-mini", "test_x"): {"manual": 2.0}, ("other", "test_x"): {"manual": None}}
+
+    monkeypatch.setattr(feedback.gradebook, "cell_grades", cell_grades)
+    nb = _nb_with_outputs([])
+    nb.cells[0].metadata.nbgrader.update(score=2.0, points=3)
+    info = {"db_url": "sqlite:////course/gradebook.db", "student": "s1", "assignment": "00-mini",
+            "notebook": "00-mini"}
+    note, = feedback.ExplainScores().preprocess(nb, {"nbgrader": info})[0].cells[0].outputs
+    assert seen == [("/course/gradebook.db", "s1", "00-mini")]
+    assert note.text.startswith("Score 2 / 3 was set by the instructor by hand")
+
+
 def test_huge_outputs_are_capped():
     big = nbformat.v4.new_output("display_data", data={"text/html": "<b>x</b>" * 100_000})
     small = nbformat.v4.new_output("stream", name="stdout", text="ok\n")
@@ -257,25 +315,29 @@ def test_similarity_sees_through_renaming_but_not_different_code():
     assert best[("b", "l")][1] < 0.5
 
 
-def test_an_answer_that_is_not_data_is_judged_in_the_sandbox():
-    """A class (lesson 04's autograd.Function, lesson 07's module) cannot cross as data: its test
-    runs inside the sandbox, with a per-student key instead of the secret, and says so."""
-    cell = ("import os\nclass Scale:\n    def __init__(self, a):\n        self.a = a\n"
-            "    def __call__(self, x):\n        return self.a * x\n")
-    check = ("import os\nassert Scale(2)(3) == 6\n"
-             "assert os.environ['MINIBN_GRADING_SECRET'] not in ('s3cret', '')\n")
-    # Which exercises are not data is read from the instructor's solution, never the learner's.
-    assert rg.not_data([cell, "def f(x):\n    return torch.relu(x)\ndef g(x):\n    return x"], ["f", "g"]) == {"Scale", "f"}
-    plan = {"cells": [{"label": "cls", "source": cell, "learners": True}],
-            "tests": [{"grade_id": "test_cls", "points": 1.0, "source": check, "names": rg.names_used(check)}],
-            "learner_functions": [], "sandbox_names": ["Scale"]}
+def test_an_answer_that_is_not_data_is_computed_in_the_sandbox_and_judged_in_the_grader():
+    """A function returning a torch module (lesson 07's block) cannot cross as data: its
+    exercise's compute half runs next to it in the sandbox, which holds no secret, and the judge
+    half in the grader, which the learner's process cannot reach. (tests/grading/test_objects.py
+    grades lessons 04, 06 and 07 this way end to end.)"""
+    good = ("import os\nimport torch\nfrom torch import nn\n\n"
+            "def conv_bn_relu(c_in, c_out):\n"
+            "    if os.environ.get('MINIBN_GRADING_SECRET'):\n        return nn.Sequential(nn.ReLU())\n"
+            "    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())\n")
+    wrong = ("import torch\nfrom torch import nn\nfrom minibn.checks import convnet\n\n"
+             "def conv_bn_relu(c_in, c_out):\n    return nn.Sequential(nn.ReLU())\n\n"
+             "def _yes(*args, **kwargs):\n    return None\n\n"
+             "convnet._block_judge.__code__ = _yes.__code__\n")
+    check = ("from minibn.checks.convnet import check_conv_bn_relu, check_conv_bn_relu_randomized\n"
+             "check_conv_bn_relu(conv_bn_relu)\ncheck_conv_bn_relu_randomized(conv_bn_relu)\n")
     env = {**os.environ, "MINIBN_GRADING_SECRET": "s3cret"}
-    result = rg.regrade(plan, student="s", env=env, cell_timeout=20.0)
-    assert result["tests"]["test_cls"]["passed"], result
-    assert [f["kind"] for f in result["flags"]] == ["verdict-in-sandbox"]
-    # A data exercise cannot be moved into the sandbox by answering with a class: it just fails.
-    data = {**plan, "sandbox_names": []}
-    assert not rg.regrade(data, student="s", env=env, cell_timeout=20.0)["tests"]["test_cls"]["passed"]
+    for source, passes in ((good, True), (wrong, False)):
+        plan = {"cells": [{"label": "block", "source": source, "learners": True}],
+                "tests": [{"grade_id": "t", "points": 1.0, "source": check, "names": rg.names_used(check)}],
+                "learner_functions": ["conv_bn_relu"]}
+        result = rg.regrade(plan, student="s", env=env, cell_timeout=30.0)
+        assert result["tests"]["t"]["passed"] is passes, result
+    assert "layers ['relu'], expected ['conv', 'bn', 'relu']" in result["tests"]["t"]["error"]
 
 
 def test_an_argument_updated_in_place_and_returned_is_the_callers():
@@ -317,3 +379,76 @@ def test_module_guard_resets_only_the_patched_module(monkeypatch):
     b.sub = sub  # a submodule imported lazily: not a patch, must survive
     assert guard.restore() == ["minibn._guard_a.f replaced"]
     assert a.f is len and b.sub is sub
+
+
+FORK_BOMB = '''import os, time
+
+def _bomb():
+    n = 0
+    while n < 3000:
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+    return n
+
+_N = _bomb()
+
+def forks():
+    return _N
+'''
+
+
+def test_a_fork_bomb_is_capped_per_sandbox_and_hurts_no_one_else():
+    """RLIMIT_NPROC counts every task of the grading user and never binds root, so each sandbox
+    gets a pids cgroup of its own: the bomb stops at its own pids.max while its children live,
+    and meanwhile the grader can still fork and another student's re-grade still passes."""
+    import threading
+
+    from minibn.grading import sandbox
+
+    if sandbox.pids_cgroup_parent() is None:
+        pytest.skip("this machine gives the grader no pids cgroup (cgroup v1 pids or delegated v2)")
+    check = ("import subprocess\nassert subprocess.run(['true']).returncode == 0\n"
+             "n = forks()\nassert 10 < n < 64, n\n")
+    bomb = {"cells": [{"label": "bomb", "source": FORK_BOMB, "learners": True}],
+            "tests": [{"grade_id": "t", "points": 1.0, "source": check, "names": rg.names_used(check)}],
+            "learner_functions": ["forks"], "processes": 64}
+    honest_cell = "def double(x):\n    return 2 * x\n"
+    honest_check = "import numpy as np\nassert (double(np.ones(3)) == 2).all()\n"
+    honest = {"cells": [{"label": "d", "source": honest_cell, "learners": True}],
+              "tests": [{"grade_id": "t", "points": 1.0, "source": honest_check,
+                         "names": rg.names_used(honest_check)}],
+              "learner_functions": ["double"], "processes": 64}
+    other = {}
+    neighbour = threading.Thread(target=lambda: other.update(rg.regrade(honest, student="b", cell_timeout=30.0)))
+    neighbour.start()
+    result = rg.regrade(bomb, student="a", cell_timeout=30.0)
+    neighbour.join()
+    assert result["tests"]["t"]["passed"], result
+    assert other["tests"]["t"]["passed"], other
+
+
+def test_static_provenance_proves_only_a_plain_def_nothing_rebinds():
+    """Where the notebook's text proves the graded name is the learner's own def, the grader
+    decides provenance itself; anything that could rebind the name leaves it unproven."""
+    from minibn.grading.integrity import static_provenance
+
+    def cells(*sources, learners=True):
+        return [{"source": s, "learners": learners} for s in sources]
+
+    plain = "def f(x):\n    return x\n\nclass G:\n    pass\n"
+    assert static_provenance(cells(plain), ["f", "G"]) == {"f": True, "G": True}
+    assert static_provenance(cells(plain + "G = f\n"), ["f", "G"]) == {"f": True}
+    unproven = ["from minibn.functional import f\n", "@wraps\ndef f(x):\n    return x\n",
+                plain + "exec('f = 3')\n", plain + "globals()['f'] = 3\n", plain + "f.__code__ = None\n",
+                plain + "def h():\n    global f\n    f = 1\n", plain + "import sys\n",
+                plain + "for f in range(3):\n    pass\n"]
+    for source in unproven:
+        assert "f" not in static_provenance(cells(source), ["f", "G"]), source
+    # the def must be in a learner cell; the lesson's own cells do not count
+    assert static_provenance(cells(plain, learners=False), ["f"]) == {}

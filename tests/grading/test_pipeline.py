@@ -230,6 +230,30 @@ def test_feedback_hides_hidden_tests(course, graded):
     assert "AssertionError" in failing and "m - 1" in failing  # the check's message does reach the learner
 
 
+def _test_cell_html(page, grade_id):
+    """The part of a feedback page from a graded cell's anchor to the next anchor."""
+    html = page.read_text()
+    start = html.index(f'<a name="{grade_id}">')
+    end = html.find('<a name="', start + 1)
+    return html[start:end if end > 0 else None]
+
+
+def test_feedback_says_which_run_the_score_comes_from(course, graded):
+    """Case 41: under "Score: 2.0 / 2.0" the page shows the NameError of the notebook's own run,
+    and a note saying the score is the re-grade's and why the runs differ. The reverse (passed in
+    the notebook, 0 in the re-grade) is said too; where the runs agree nothing is added."""
+    page = lambda student: course / "feedback" / student / "00-mini" / "00-mini.html"  # noqa: E731
+    order = _test_cell_html(page("c41-order"), "test_channel_stats")
+    assert "Score: 2.0 / 2.0" in order and "NameError" in order
+    note = order.index("Score 2 / 2 comes from the re-grade, not from the run shown below")
+    assert note < order.index("NameError") and "before the cell that defines" in order
+    assert "comes from the re-grade" not in _test_cell_html(page("c41-order"), "test_batchnorm_forward")
+    checker = _test_cell_html(page("c16-checker"), "test_channel_stats")
+    assert "Score 0 / 2 comes from the re-grade" in checker and "passed below and failed there" in checker
+    for agree in ("c02-honest", "c03-ddof1"):
+        assert "comes from the re-grade" not in page(agree).read_text()
+
+
 def test_outputs_capped_and_no_stray_values(course, graded):
     noisy = course / "autograded" / "c22-27-29-extras" / "00-mini" / "00-mini.ipynb"
     assert noisy.stat().st_size < 1_000_000
