@@ -15,3 +15,22 @@ def pytest_configure(config):
     except ImportError:
         return
     torch.set_num_threads(1)  # 2 shared cores: one thread is faster than two fighting
+
+
+_seconds_by_file = {}
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    _seconds_by_file[path] = _seconds_by_file.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Where the suite's time goes, per file (setup included): what to trim when `make test` nears
+    its 40-minute budget on CI's 2 cores."""
+    if not _seconds_by_file:
+        return
+    total = sum(_seconds_by_file.values())
+    terminalreporter.write_sep("=", f"slowest files ({total / 60:.1f} min of test time in all)")
+    for path, seconds in sorted(_seconds_by_file.items(), key=lambda kv: -kv[1])[:12]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {100 * seconds / total:4.1f}%  {path}")

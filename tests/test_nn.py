@@ -32,6 +32,20 @@ def make_pair(kind, c, dtype=torch.float64, seed=0, **options):
     return ours, theirs
 
 
+def raised(call, *args):
+    """The exception ``call(*args)`` raises (the test fails when it raises none)."""
+    with pytest.raises(Exception) as info:
+        call(*args)
+    return info.value
+
+
+def assert_raises_as_torch(ours, theirs, x, kind=ValueError):
+    """Both modules refuse ``x`` with the same exception type and message."""
+    mine, torchs = raised(ours, x), raised(theirs, x)
+    assert type(mine) is type(torchs) is kind, (type(mine), type(torchs))
+    assert str(mine) == str(torchs)
+
+
 def assert_same_state(ours, theirs, dtype):
     a, b = ours.state_dict(), theirs.state_dict()
     assert a.keys() == b.keys()
@@ -160,11 +174,7 @@ def test_track_running_stats_false_uses_batch_stats_in_eval():
 def test_wrong_rank_raises_torchs_error(kind, bad_shape):
     ours, theirs = make_pair(kind, 3)
     x = torch.randn(bad_shape, dtype=torch.float64)
-    with pytest.raises(ValueError) as ours_err:
-        ours(x)
-    with pytest.raises(ValueError) as torch_err:
-        theirs(x)
-    assert str(ours_err.value) == str(torch_err.value)
+    assert_raises_as_torch(ours, theirs, x)
 
 
 @pytest.mark.parametrize("kind, shape", [(1, (1, 3)), (1, (1, 3, 1)), (2, (1, 3, 1, 1)),
@@ -172,11 +182,7 @@ def test_wrong_rank_raises_torchs_error(kind, bad_shape):
 def test_one_value_per_channel_in_training_raises_torchs_error(kind, shape):
     ours, theirs = make_pair(kind, 3)
     x = torch.randn(shape, dtype=torch.float64)
-    with pytest.raises(ValueError) as ours_err:
-        ours(x)
-    with pytest.raises(ValueError) as torch_err:
-        theirs(x)
-    assert str(ours_err.value) == str(torch_err.value)
+    assert_raises_as_torch(ours, theirs, x)
     assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item()
     ours.eval()
     theirs.eval()
@@ -191,12 +197,9 @@ def test_one_value_per_channel_in_training_raises_torchs_error(kind, shape):
 @pytest.mark.parametrize("training", [True, False])
 def test_bad_dtypes_raise_torchs_errors(make_input, training):
     ours, theirs = mnn.BatchNorm2d(3).train(training), torch.nn.BatchNorm2d(3).train(training)
-    with pytest.raises(Exception) as ours_err:
-        ours(make_input())
-    with pytest.raises(Exception) as torch_err:
-        theirs(make_input())
-    assert type(ours_err.value) is type(torch_err.value)
-    assert str(ours_err.value) == str(torch_err.value)
+    mine, torchs = raised(ours, make_input()), raised(theirs, make_input())
+    assert type(mine) is type(torchs)
+    assert str(mine) == str(torchs)
 
 
 @pytest.mark.parametrize("eps, training", [(0.0, True), (-1.0, True), (-1.0, False)])
@@ -204,11 +207,7 @@ def test_bad_eps_raises_torchs_error_and_counts_the_batch_like_torch(eps, traini
     ours = mnn.BatchNorm2d(3, eps=eps).train(training)
     theirs = torch.nn.BatchNorm2d(3, eps=eps).train(training)
     x = torch.randn(2, 3, 2, 2)
-    with pytest.raises(ValueError) as ours_err:
-        ours(x)
-    with pytest.raises(ValueError) as torch_err:
-        theirs(x)
-    assert str(ours_err.value) == str(torch_err.value)
+    assert_raises_as_torch(ours, theirs, x)
     assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item()
 
 

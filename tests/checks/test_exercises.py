@@ -15,19 +15,21 @@ from __future__ import annotations
 import ast
 import copy
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minibn import functional as ref
-from minibn.checks import (_core, backward, conv_torch, convnet, figure1, inference, normalize,
-                           why_bn_works)
+from minibn.checks import (_core, backward, beyond_one_batch, conv_torch, convnet, figure1,
+                           gpu_kernels, inference, normalize, why_bn_works)
 from minibn.functional import BatchNormCache
 from minibn.grading import notebooks as nbs
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = (normalize, backward, inference, conv_torch, figure1, convnet, why_bn_works)
+MODULES = (normalize, backward, inference, conv_torch, figure1, gpu_kernels, convnet, why_bn_works,
+           beyond_one_batch)
 EXERCISES = {ex.name: ex for module in MODULES for ex in module.EXERCISES}
 PROPERTY_SEEDS = 300
 FULL_SEEDS = 10_000
@@ -65,15 +67,24 @@ LESSON = {"channel_stats": "01-normalize", "batchnorm_forward": "01-normalize",
           "update_running_stats": "03-inference", "batchnorm_inference": "03-inference",
           "population_stats": "03-inference", "fold_into_linear": "03-inference",
           "BatchNormFunction": "04-conv-torch", "BatchNorm2d": "04-conv-torch",
-          "percentile_band": "05-figure1", "train_step": "05-figure1",
+          "evaluate": "05-figure1", "train_step": "05-figure1",
+          **{name: "06-gpu-kernels" for name in (
+              "bn_stats_k0_source", "bn_stats_k1_source", "bn_stats_k2_source",
+              "bn_stats_k3_finalize_source", "channel_sums_source", "bn_bwd_elemt_source")},
           "conv_bn_relu": "07-convnet", "evaluate_accuracy": "07-convnet",
           "fold_conv_bn": "07-convnet",
           "lp_normalize": "08-why-bn-works", "internal_covariate_shift": "08-why-bn-works",
-          "loss_along_gradient": "08-why-bn-works"}
-# The torch-module exercises train and evaluate small models per case: fewer seeds keep the slow
-# sweep within minutes (their randomness is in shapes and momenta, not in conditioning).
+          "loss_along_gradient": "08-why-bn-works",
+          **{name: "09-beyond-one-batch" for name in (
+              "group_norm_forward", "group_norm_backward", "merge_moments", "renorm_correction")}}
+# The torch-module exercises train and evaluate small models per case, and lesson 06's run a
+# sanitized kernel on the CPU executor: fewer seeds keep the slow sweep within minutes (their
+# randomness is in shapes, momenta and launch sizes, not in conditioning).
 SEEDS_FOR = {"BatchNorm2d": 200, "evaluate_accuracy": 300, "conv_bn_relu": 300,
-             "fold_conv_bn": 500, "train_step": 500}
+             "fold_conv_bn": 500, "train_step": 500, "evaluate": 500,
+             **{name: 300 for name, lesson in LESSON.items() if lesson == "06-gpu-kernels"}}
+if os.environ.get("MINIBN_FULL_SWEEP") == "1":  # no reduced counts: every sweep at full size
+    SEEDS_FOR = {}
 LIBRARY = {"batchnorm_forward": ref.batchnorm_forward,
            "batchnorm_backward_graph": ref.batchnorm_backward_graph,
            "batchnorm_backward": ref.batchnorm_backward,

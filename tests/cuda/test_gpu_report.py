@@ -121,6 +121,21 @@ def test_timings_drive_every_step_from_the_table(report):
     assert copy["gbps"] == pytest.approx(8 * 96 / 1e-3 / 1e9) and timings["copy_gbps"] == copy["gbps"]
 
 
+
+def test_bench_kernels_prints_the_reports_whole_step_rows(report):
+    spec = importlib.util.spec_from_file_location("bench_kernels", SCRIPT.parent / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.gpu_report is report  # one timing loop: the report's
+    timings, skipped = report.run_timings(np, report.Deadline(600), log=lambda *_: None, timer=FakeTimer(),
+                                          shape=(2, 3, 4, 4), copy=lambda: None)
+    lines = bench.table(timings, skipped)
+    assert lines[0] == f"copy bandwidth measured: {timings['copy_gbps']:.0f} GB/s"
+    steps = [line.split(":")[0].split("  ")[0] for line in lines if line.startswith(("forward", "backward", "copy ("))]
+    assert steps == ["copy (device to device)", "forward K0", "forward K1", "forward K2", "forward K3",
+                     "forward K4", "forward K5", "backward K6"]  # per-phase rows left to the report
+    assert "skipped timing L0: CuPy's own kernels need a GPU" in lines
+
 def _fake_report(report):
     from minibn.cuda import gpu_bench as gb
 

@@ -10,7 +10,7 @@ from minibn.experiments import e4_deep_linear as e4
 from minibn.experiments.result import Result
 from minibn.gradcheck import numerical_gradient
 
-SEEDS = (0, 1, 2)
+from .seeds import SEEDS
 
 
 def _small(batchnorm, seed=0, depth=4, width=3, n=16):

@@ -11,7 +11,7 @@ from minibn.experiments import torch_train
 from minibn.experiments.torch_mlp import MLP
 from minibn.experiments.result import Result
 
-SEEDS = (0, 1, 2)
+from .seeds import SEEDS
 
 
 def _batch_stats(x, m):

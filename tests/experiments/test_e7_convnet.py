@@ -1,4 +1,4 @@
-"""E7: the convnet, our BN tracking torch's (T1, 3 seeds), and the summary helpers."""
+"""E7: the convnet, our BN tracking torch's (T1), and the summary helpers."""
 import math
 
 import pytest
@@ -7,6 +7,8 @@ import torch
 from minibn.data import load_mnist
 from minibn.experiments import e7_convnet as e7
 from minibn.nn import BatchNorm2d
+
+from .seeds import SEEDS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_to_tensors_standardizes(tensors):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_our_batchnorm2d_tracks_torch(tensors, seed):
     ours, theirs, weight_gap = e7.tracking(tensors, steps=30, lr=0.1, batch_size=64, seed=seed)
     assert len(ours) == len(theirs) == 30

@@ -1,24 +1,10 @@
 """The explorers of lessons 05 and 07: what they compute, and one figure each when headless."""
-import matplotlib
+import numpy as np
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from minibn.widgets import convnet as cw  # noqa: E402
-from minibn.widgets import figure1 as fw  # noqa: E402
-
-
-@pytest.fixture
-def shown(monkeypatch):
-    figures = []
-    monkeypatch.setattr(plt, "show", lambda *a, **k: figures.append(plt.gcf()))
-    monkeypatch.setenv("MINIBN_STATIC", "1")
-    yield figures
-    plt.close("all")
+from minibn.widgets import convnet as cw
+from minibn.widgets import figure1 as fw
 
 
 def test_small_init_squashes_plain_sigmoid_inputs_but_not_bn():
@@ -30,16 +16,16 @@ def test_small_init_squashes_plain_sigmoid_inputs_but_not_bn():
     assert plain_norms[0] < 1e-2 * plain_norms[-1], "gradients vanish towards the input"
 
 
-def test_learning_rate_explorer_shows_plain_diverging_at_lr_1(shown):
+def test_learning_rate_explorer_shows_plain_diverging_at_lr_1(static_figures):
     curves = fw.loss_curves(1.0, steps=60)
     assert not np.isfinite(curves["plain"][-1]) and len(curves["plain"]) < 60
     assert len(curves["bn"]) == 60 and np.isfinite(curves["bn"]).all()
     fw.learning_rate_explorer(lr=1.0, steps=30)
     fw.init_scale_explorer()
-    assert len(shown) == 2
+    assert len(static_figures) == 2
 
 
-def test_eval_mode_accuracy_ignores_batching_but_train_mode_does_not(shown):
+def test_eval_mode_accuracy_ignores_batching_but_train_mode_does_not(static_figures):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
                                 torch.nn.Linear(8, 2))
@@ -60,4 +46,4 @@ def test_eval_mode_accuracy_ignores_batching_but_train_mode_does_not(shown):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), \
         "the explorer works on a copy"
     cw.eval_batch_explorer(model, x, y, batch_size=10)
-    assert len(shown) == 1
+    assert len(static_figures) == 1
