@@ -6,7 +6,10 @@
 - The instructor's solution (the code in ``solutions/``) and ``minibn.functional`` pass every
   public case and the hidden cases of 10,000 seeds: seeds are fixed per student, so a reference
   that fails one seed in a thousand would cost some student of a large class points for a correct
-  answer.
+  answer. ``make test`` sweeps 10,000 seeds of the exercises whose cases split per channel
+  (``PER_CHANNEL``: the float32 conditioning lives there), 2,000 of the others, and 200-500 of
+  those that train a torch model or run a kernel per case (``SEEDS_FOR``);
+  ``MINIBN_FULL_SWEEP=1`` runs every exercise at 10,000.
 - ``check_X`` / ``check_X_randomized`` are real functions with the learner's parameter name, a
   docstring, and the randomized failure naming its seed.
 """
@@ -83,7 +86,8 @@ LESSON = {"channel_stats": "01-normalize", "batchnorm_forward": "01-normalize",
 SEEDS_FOR = {"BatchNorm2d": 200, "evaluate_accuracy": 300, "conv_bn_relu": 300,
              "fold_conv_bn": 500, "train_step": 500, "evaluate": 500,
              **{name: 300 for name, lesson in LESSON.items() if lesson == "06-gpu-kernels"}}
-if os.environ.get("MINIBN_FULL_SWEEP") == "1":  # no reduced counts: every sweep at full size
+FULL_SWEEP = os.environ.get("MINIBN_FULL_SWEEP") == "1"  # every exercise at 10,000 seeds (about 1 h)
+if FULL_SWEEP:
     SEEDS_FOR = {}
 LIBRARY = {"batchnorm_forward": ref.batchnorm_forward,
            "batchnorm_backward_graph": ref.batchnorm_backward_graph,
@@ -266,7 +270,7 @@ def test_merging_cases_keeps_a_failure_visible():
 @pytest.mark.parametrize("name", sorted(set(EXERCISES) - set(PER_CHANNEL)))
 def test_reference_passes_many_seeds_of_the_other_exercises(name):
     """The exercises whose cases do not split per channel, one case at a time."""
-    _run_reference(name, _seeds(name, 2000))
+    _run_reference(name, _seeds(name, FULL_SEEDS if FULL_SWEEP else 2000))
 
 
 def test_the_float32_backward_case_that_failed_the_reference_now_passes():
