@@ -7,7 +7,8 @@ three ways in the same run, interleaved over ``--repeats``:
 - ``minibn x1``: ``minibn.grading.grade`` with one worker (autograde in the bubblewrap sandbox +
   the re-grade, its learner side sandboxed and its verdict in a grader process + integrity scans +
   similarity + feedback);
-- ``minibn xK``: the same with K workers (default 2).
+- ``minibn xK``: the same with K workers (default 2; ``make grade`` uses one more than the CPUs,
+  3 on 2 cores).
 
 Prints seconds per submission (min over repeats) and each one's ratio to the peer. The fixed
 costs (nbgrader start-up, generating the lesson, feedback) are included: they are what an

@@ -9,8 +9,11 @@ On a CUDA machine (CuPy and torch with CUDA):
 4. timings at 256x64x56x56 float32: CUDA events around 20 back-to-back launches on buffers
    allocated once, per step and per phase, as % of a device-to-device copy measured in the same
    run and as a ratio to torch's cuDNN and native BatchNorm;
-5. compute-sanitizer's memcheck, racecheck and synccheck on small shapes, when it is installed;
-6. the goals: K5 forward >= 80 % of the copy bandwidth and <= 1.1x cuDNN, backward >= 70 %.
+5. the goals: K5 forward >= 80 % of the copy bandwidth and <= 1.1x cuDNN, backward >= 70 %;
+6. ``minibn.nn.SyncBatchNorm`` against ``torch.nn.SyncBatchNorm`` (which runs on GPUs only) on
+   the same split of one batch over 2 processes sharing the GPU (gloo): outputs, input and
+   parameter gradients, running statistics, float64, after training steps and one in eval;
+7. compute-sanitizer's memcheck, racecheck and synccheck on small shapes, when it is installed.
 
 Every part runs against a deadline: what does not fit is reported as skipped, never guessed.
 Without a GPU it prints why and exits 0 (the CPU executor checks correctness, not speed).
@@ -42,6 +45,10 @@ GOALS = (
     ("K6 backward, % of copy bandwidth", "backward K6", "pct_copy", ">=", 70.0),
 )
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
+SYNC_SHARES = (3, 5)  # unequal: a process's own mean and variance are not the batch's
+SYNC_SAMPLE = (6, 5, 5)
+SYNC_STEPS = 3  # training steps, then one in eval
+SYNC_RTOL = 1e-10
 NO_GPU = ("gpu_report: no CUDA GPU here (CuPy sees none), so there is nothing to measure. Run this "
           "on a machine with an NVIDIA GPU, CuPy (cupy-cuda12x) and torch with CUDA; it writes "
           "build/gpu-report/report.json and report.md in under 8 minutes. On this machine, the CPU "
@@ -150,6 +157,15 @@ def render_markdown(report):
     for g in report.get("goals", []):
         met = "n/a" if g["met"] is None else ("yes" if g["met"] else "no")
         out.append(f"| {g['goal']} | {_fmt(g['value'], '.2f')} | {g['target']} | {met} |")
+    sync = report.get("sync_batchnorm")
+    if sync:
+        out += ["", f"## SyncBatchNorm vs {sync['peer']}", "",
+                f"{len(sync['shares'])} processes (gloo, batch shares {sync['shares']}), float64, "
+                f"{sync['steps']} training steps then one in eval; largest relative difference "
+                f"(tolerance {sync['rtol']:.0e}):", "",
+                "| quantity | difference | result |", "|---|---|---|"]
+        for q in sync["quantities"]:
+            out.append(f"| {q['name']} | {q['error']:.2e} | {'pass' if q['ok'] else 'FAIL'} |")
     out += ["", "## compute-sanitizer", ""]
     for s in report.get("sanitizer", []):
         out.append(f"- {s['tool']}: {s['summary']}")
@@ -419,6 +435,72 @@ def run_sanitizer(deadline, tools=SANITIZER_TOOLS, which=shutil.which, run=subpr
     return results, skipped
 
 
+def sync_batchnorm_rank(rank, world_size, device, peer):
+    """One process's part of the SyncBatchNorm comparison: minibn's and ``peer``'s module (a
+    name: ``"torch"`` for ``torch.nn.SyncBatchNorm``) on this rank's share of the same batches.
+    Returns, per module and step, the output, the input/weight/bias gradients and the buffers."""
+    import torch
+
+    from minibn import nn as mnn
+
+    peers = {"torch": torch.nn.SyncBatchNorm, "minibn": mnn.SyncBatchNorm,
+             "local": torch.nn.BatchNorm2d}  # the last two for the tests on the CPU
+    lo = sum(SYNC_SHARES[:rank])
+    out = {}
+    for name, cls in (("minibn", mnn.SyncBatchNorm), ("peer", peers[peer])):
+        m = cls(SYNC_SAMPLE[0], momentum=0.3, device=device, dtype=torch.float64)
+        with torch.no_grad():
+            m.weight.copy_(torch.linspace(0.5, 1.5, SYNC_SAMPLE[0], dtype=torch.float64))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, SYNC_SAMPLE[0], dtype=torch.float64))
+        steps = []
+        for step in range(SYNC_STEPS + 1):
+            m.train(step < SYNC_STEPS)
+            gen = torch.Generator().manual_seed(step)
+            x = torch.randn((sum(SYNC_SHARES),) + SYNC_SAMPLE, generator=gen, dtype=torch.float64) * 3 + 2
+            dy = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            x = x[lo:lo + SYNC_SHARES[rank]].to(device).requires_grad_()
+            y = m(x)
+            y.backward(dy[lo:lo + SYNC_SHARES[rank]].to(device))
+            steps.append({k: v.detach().cpu().numpy().copy() for k, v in (
+                ("output", y), ("input gradient", x.grad), ("weight gradient", m.weight.grad),
+                ("bias gradient", m.bias.grad), ("running_mean", m.running_mean),
+                ("running_var", m.running_var), ("num_batches_tracked", m.num_batches_tracked))})
+            m.zero_grad()
+        out[name] = steps
+    return out
+
+
+def compare_sync(ranks, peer_name, rtol=SYNC_RTOL):
+    """The report's section from every rank's ``sync_batchnorm_rank`` result."""
+    quantities = []
+    for key in ranks[0]["minibn"][0]:
+        error = 0.0
+        for rank in ranks:
+            for ours, theirs in zip(rank["minibn"], rank["peer"]):
+                a, b = ours[key].astype(np.float64), theirs[key].astype(np.float64)
+                if a.size:
+                    error = max(error, float(np.max(np.abs(a - b) / (np.abs(b) + 1e-12))))
+        quantities.append({"name": key, "error": error, "ok": error <= rtol})
+    return {"peer": peer_name, "shares": list(SYNC_SHARES), "steps": SYNC_STEPS, "rtol": rtol,
+            "quantities": quantities}
+
+
+def run_sync_batchnorm(deadline, device="cuda", peer="torch", log=print):
+    """minibn's SyncBatchNorm against ``peer``'s over 2 gloo processes on ``device``."""
+    from minibn import nn as mnn
+
+    if not deadline.allows(90):  # two processes importing torch and starting CUDA
+        return {}, [("SyncBatchNorm comparison", "time budget")]
+    try:
+        ranks = mnn.run_distributed(sync_batchnorm_rank, len(SYNC_SHARES), device, peer, timeout_s=60)
+    except Exception as e:  # a missing gloo/CUDA feature is reported, never hidden
+        return {}, [("SyncBatchNorm comparison", f"{type(e).__name__}: {str(e)[-500:]}")]
+    section = compare_sync(ranks, {"torch": "torch.nn.SyncBatchNorm"}.get(peer, peer))
+    for q in section["quantities"]:
+        log(f"  {q['name']:20s} {q['error']:.2e} {'pass' if q['ok'] else 'FAIL'}")
+    return section, []
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="build/gpu-report", help="directory for report.json and report.md")
@@ -451,6 +533,9 @@ def main(argv=None):
     report["timings"], skipped = run_timings(cp, deadline)
     report["skipped"] += skipped
     report["goals"] = goals(report["timings"].get("rows", []))
+    print("SyncBatchNorm vs torch.nn.SyncBatchNorm:")
+    report["sync_batchnorm"], skipped = run_sync_batchnorm(deadline)
+    report["skipped"] += skipped
     print("compute-sanitizer:")
     report["sanitizer"], skipped = run_sanitizer(deadline)
     report["skipped"] += skipped
@@ -458,6 +543,7 @@ def main(argv=None):
     paths = write_report(report, args.out)
     print(f"wrote {paths[0]} and {paths[1]} in {report['duration_s']:.0f} s")
     failed = [c for c in report["checks"] if not c["ok"]]
+    failed += [q for q in report["sync_batchnorm"].get("quantities", []) if not q["ok"]]
     return 1 if failed else 0
 
 

@@ -167,6 +167,49 @@ def _bessel_line():
                                            .splitlines(), 1) if "return var * m / (m - 1)" in line)
 
 
+_MOMENTUM = re.compile(r"\b\w*momentum\w*\b")
+
+
+def _momentum_update_restatements(path, text=None):
+    """The running-statistics rule written out instead of called as ``update_running_stat``:
+    ``(1 - m) * r + m * s`` (either order, any momentum-named weight), ``r += m * (s - r)``, or
+    ``r *= 1 - m``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text)):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+            sides = [ast.unparse(node.left), ast.unparse(node.right)]
+            hit = (all(_MOMENTUM.search(t) for t in sides)
+                   and any(re.search(r"\b1(\.0)?\s*-\s*\w*momentum", t) for t in sides))
+        elif isinstance(node, ast.AugAssign):
+            value = ast.unparse(node.value)
+            hit = ((isinstance(node.op, ast.Add) and _MOMENTUM.search(value) and " - " in value)
+                   or (isinstance(node.op, ast.Mult) and re.fullmatch(r"1(\.0)? - \w*momentum", value)))
+        else:
+            continue
+        if hit:
+            found.append(f"{path}:{node.lineno}" if text is not None else f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("code", ["r = (1 - momentum) * r + momentum * s",
+                                  "r = momentum * r + (1 - momentum) * s",
+                                  "r += momentum * (s - r)",
+                                  "r *= 1.0 - momentum"])
+def test_the_momentum_restatement_finder_finds(code):
+    assert _momentum_update_restatements("probe.py", code) == ["probe.py:1"]
+
+
+def test_the_momentum_rule_has_one_home():
+    """Every copy of torch's running update (the checks' known-bug variants and the explorer's
+    simulation included) calls conventions.update_running_stat."""
+    files = list(_implementation_files()) + sorted((ROOT / "minibn" / "checks").rglob("*.py")) \
+        + sorted((ROOT / "minibn" / "widgets").rglob("*.py"))
+    found = [hit for p in files for hit in _momentum_update_restatements(p)]
+    line = next(i for i, text in enumerate((ROOT / "minibn/conventions.py").read_text().splitlines(), 1)
+                if "running *= 1.0 - momentum" in text)
+    assert found == [f"minibn/conventions.py:{line}"], found
+
+
 # K5's running update is written in CUDA C, which cannot call conventions.py: it is kept, since
 # the fused update (the last block of a channel finishes its statistics and updates the running
 # ones in the same launch) is what the kernel step teaches, and pinned here to conventions' rule

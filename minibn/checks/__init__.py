@@ -6,7 +6,7 @@
 - ``minibn.checks.conv_torch``: 04-conv-torch (the autograd Function and the BatchNorm2d module)
 - ``minibn.checks.figure1``: 05-figure1 (training step, percentile bands)
 - ``minibn.checks.gpu_kernels``: 06-gpu-kernels (CUDA C kernels, on a GPU or the CPU executor)
-- ``minibn.checks.convnet``: 07-convnet (conv-BN-ReLU block, evaluation, folding a conv)
+- ``minibn.checks.convnet``: 07-convnet (conv-BN-ReLU block, evaluation, folding a network)
 - ``minibn.checks.why_bn_works``: 08-why-bn-works (lp normalization, ICS, loss along the gradient)
 
 Every check takes the learner's function, returns None on success and raises AssertionError

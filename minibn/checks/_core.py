@@ -443,6 +443,8 @@ def properties(case):
     its dtype, its rank, whether it is a non-contiguous view, whether a channel (axis 1) has a
     single value (m = 1) or the batch a single example (N = 1), and whether there is one channel.
     Scalar parameters named ``eps`` add whether eps is large (>= 0.1, where its placement shows).
+    A case whose input is not arrays (a model's architecture) names its own kinds in
+    ``params["kinds"]``.
     """
     labels = set()
 
@@ -476,6 +478,8 @@ def properties(case):
                     labels.add(f"{key}: m = 1 value per channel")
                 if a.shape[1] == 1:
                     labels.add(f"{key}: one channel")
+    if isinstance(case.params, dict):
+        labels.update(str(k) for k in case.params.get("kinds", ()))
     eps = case.params.get("eps") if isinstance(case.params, dict) else None
     if isinstance(eps, (int, float)) and eps >= 0.1:
         labels.add("eps >= 0.1")

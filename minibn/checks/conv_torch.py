@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from minibn.checks._core import Case, Exercise, Hint, Split, answer, assert_close, fmt, require_callable
+from minibn.conventions import update_running_stat
 
 __all__ = [
     "check_batchnorm_function",
@@ -417,9 +418,9 @@ def _check_buffers(record, ref, case, history):
     for x in history:
         x = x.double().numpy()
         mean, var_b, var_u = x.mean((0, 2, 3)), x.var((0, 2, 3)), x.var((0, 2, 3), ddof=1)
-        rm_rev = momentum * rm_rev + (1 - momentum) * mean
-        rv_rev = momentum * rv_rev + (1 - momentum) * var_u
-        rv_biased = (1 - momentum) * rv_biased + momentum * var_b
+        update_running_stat(rm_rev, mean, 1 - momentum)  # the reversed convention: the same rule
+        update_running_stat(rv_rev, var_u, 1 - momentum)
+        update_running_stat(rv_biased, var_b, momentum)
     reversed_msg = ("momentum is reversed: running = (1 - momentum) * running + momentum * "
                     "batch_stat (torch's momentum weights the NEW batch).")
     atol, rtol = _tol(_torch().float32)

@@ -1,4 +1,4 @@
-"""Checks for lesson 07-convnet: a conv-BN-ReLU block, evaluating in eval mode, folding BN.
+"""Checks for lesson 07-convnet: a conv-BN-ReLU block, evaluation in eval mode, folding a network.
 
 Learner functions checked here:
 - ``conv_bn_relu(c_in, c_out) -> nn.Sequential``: a 3x3 convolution (padding 1, no bias), a
@@ -6,8 +6,11 @@ Learner functions checked here:
 - ``evaluate_accuracy(model, x, y, batch_size=256) -> float``: the fraction of ``x`` classified
   as ``y``, computed in eval mode without gradients, leaving the model's mode and buffers as
   they were.
-- ``fold_conv_bn(conv, bn) -> nn.Conv2d``: a new convolution computing ``bn(conv(x))`` for an
-  eval-mode ``bn``, leaving ``conv`` and ``bn`` unchanged.
+- ``fold_model(model) -> nn.Module``: a new model in eval mode computing ``model.eval()(x)``, in
+  which every ``BatchNorm2d`` (minibn's or torch's) that comes right after a ``Conv2d`` in the same
+  ``nn.Sequential`` is folded into that convolution (which gains a bias) and replaced by
+  ``nn.Identity`` (or removed); every other layer, other ``BatchNorm2d`` layers included, stays
+  with its settings. The model it is given keeps its layers, values and mode.
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ __all__ = [
     "check_conv_bn_relu_randomized",
     "check_evaluate_accuracy",
     "check_evaluate_accuracy_randomized",
-    "check_fold_conv_bn",
-    "check_fold_conv_bn_randomized",
+    "check_fold_model",
+    "check_fold_model_randomized",
 ]
 
 
@@ -234,117 +237,506 @@ EVALUATE = Exercise("evaluate_accuracy", _eval_public, _eval_randomized, None,
 check_evaluate_accuracy, check_evaluate_accuracy_randomized = EVALUATE.checks(module=__name__)
 
 
-# ---- fold_conv_bn ---------------------------------------------------------------------------
+# ---- fold_model -----------------------------------------------------------------------------
+#
+# A case is an architecture (a nested list of layer specs, lists being nn.Sequential), a seed for
+# its weights and running statistics, the mode the model is in, and an input. The model is built
+# from the spec on each side (sandbox and grader), and the judge rebuilds its own copy, so a
+# learner's function that changes the model it is given cannot change the reference.
 
-def _fold_case(seed, c_in, c_out, bias, where):
+def _conv(c_in, c_out, k=3, stride=1, padding=1, dilation=1, groups=1, bias=False):
+    return ("conv", c_in, c_out, k, stride, padding, dilation, groups, bias)
+
+
+def _bn(c, impl="minibn", affine=True, eps=1e-5):
+    return ("bn", c, impl, affine, eps)
+
+
+_HEAD = (("gap",), ("flatten",))
+
+
+def _build(spec, seed):
     torch = _torch()
     from torch import nn
 
+    from minibn.nn import BatchNorm2d
+
     g = torch.Generator().manual_seed(seed)
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias).double()
-    bn = nn.BatchNorm2d(c_out, eps=1e-3).double()
-    with torch.no_grad():
-        for p in list(conv.parameters()) + list(bn.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-        bn.running_mean.copy_(torch.randn(c_out, generator=g, dtype=torch.float64))
-        bn.running_var.copy_(torch.rand(c_out, generator=g, dtype=torch.float64) * 2 + 1e-3)
-    bn.eval()
-    x = torch.randn(3, c_in, 5, 4, generator=g, dtype=torch.float64)
-    return Case(where, {}, {"conv": conv, "bn": bn, "x": x})
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def layer(s):
+        kind = s[0]
+        if kind == "conv":
+            _, c_in, c_out, k, stride, padding, dilation, groups, bias = s
+            m = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups, bias=bias).double()
+            with torch.no_grad():  # unit-scale outputs, so no layer's values dwarf another's
+                m.weight.copy_(randn(*m.weight.shape) / m.weight[0].numel() ** 0.5)
+                if bias:
+                    m.bias.copy_(randn(c_out))
+            return m
+        if kind == "bn":
+            _, c, impl, affine, eps = s
+            m = (BatchNorm2d if impl == "minibn" else nn.BatchNorm2d)(c, eps=eps, affine=affine).double()
+            with torch.no_grad():
+                if affine:
+                    m.weight.copy_(randn(c))
+                    m.bias.copy_(randn(c))
+                m.running_mean.copy_(randn(c))
+                m.running_var.copy_(torch.rand(c, generator=g, dtype=torch.float64) * 3 + 0.05)
+                m.num_batches_tracked.fill_(100)
+            return m
+        if kind == "linear":
+            m = nn.Linear(s[1], s[2]).double()
+            with torch.no_grad():
+                m.weight.copy_(randn(s[2], s[1]) / s[1] ** 0.5)
+                m.bias.copy_(randn(s[2]))
+            return m
+        return {"relu": nn.ReLU, "pool": lambda: nn.MaxPool2d(3, stride=1, padding=1),
+                "gap": lambda: nn.AdaptiveAvgPool2d(1), "flatten": nn.Flatten}[kind]()
+
+    def sequential(items):
+        return nn.Sequential(*[sequential(i) if isinstance(i, list) else layer(i) for i in items])
+
+    return sequential(spec)
 
 
-def _fold_variant(conv, bn, *, eps=True, beta=True, conv_bias=True, axis=0):
-    """What ``bn(conv(x))`` folds to with one known bug switched on (float64)."""
+def _spec_text(spec):
+    def one(s):
+        if isinstance(s, list):
+            return "[" + " → ".join(one(t) for t in s) + "]"
+        kind = s[0]
+        if kind == "conv":
+            _, c_in, c_out, k, stride, padding, dilation, groups, bias = s
+            extra = "".join(f" {name} {v}" for name, v in (("stride", stride), ("dilation", dilation),
+                                                            ("groups", groups)) if v > 1)
+            return f"conv {c_in}→{c_out} {k}x{k}{extra}{' bias' if bias else ' no bias'}"
+        if kind == "bn":
+            _, c, impl, affine, eps = s
+            return (f"{'nn.' if impl == 'torch' else ''}BatchNorm2d({c}"
+                    f"{', affine=False' if not affine else ''}, eps={eps:g})")
+        if kind == "linear":
+            return f"Linear({s[1]}, {s[2]})"
+        return {"relu": "ReLU", "pool": "MaxPool2d(3, 1, 1)", "gap": "AdaptiveAvgPool2d(1)",
+                "flatten": "Flatten"}[kind]
+    return "Sequential(" + " → ".join(one(s) for s in spec) + ")"
+
+
+def _spec_kinds(spec, training):
+    """The kinds of architecture a case shows (``properties`` reads them from ``params["kinds"]``),
+    so the public cases are held to show every kind the hidden ones use."""
+    kinds = {f"model in {'training' if training else 'eval'} mode"}
+
+    def walk(items, nested):
+        prev = None
+        for s in items:
+            if isinstance(s, list):
+                walk(s, True)
+                prev = ("block",)
+                continue
+            if s[0] == "bn":
+                kinds.add("nn.BatchNorm2d" if s[2] == "torch" else "minibn BatchNorm2d")
+                if not s[3]:
+                    kinds.add("BatchNorm2d(affine=False)")
+                if prev is None:
+                    kinds.add("BN first in its Sequential (stays)")
+                elif prev[0] == "conv":
+                    kinds.add(f"conv {'with' if prev[8] else 'without'} bias → BN")
+                    kinds.add(f"conv → BN {'in a nested' if nested else 'in the top'} Sequential")
+                    if prev[7] > 1:
+                        kinds.add("grouped conv → BN")
+                    if prev[4] > 1 or prev[6] > 1:
+                        kinds.add("strided or dilated conv → BN")
+                else:
+                    kinds.add(f"BN after {prev[0]} (stays)")
+            elif s[0] == "linear":
+                kinds.add("linear head")
+            prev = s
+
+    walk(spec, False)
+    return sorted("architecture: " + k for k in kinds)
+
+
+def _fold_model_case(spec, seed, training, n, h, w):
     torch = _torch()
-    w = conv.weight.detach().clone()
-    var = bn.running_var + (bn.eps if eps else 0.0)
-    scale = bn.weight.detach() / var.sqrt()
-    shift = -bn.running_mean * scale + (bn.bias.detach() if beta else 0.0)
-    b = conv.bias.detach() if (conv.bias is not None and conv_bias) else torch.zeros_like(scale)
-    w = w * (scale.view(-1, 1, 1, 1) if axis == 0 else scale.view(1, -1, 1, 1))
-    fused = copy.deepcopy(conv)
+
+    model = _build(spec, seed).train(training)
+    c_in = spec[0][0][1] if isinstance(spec[0], list) else spec[0][1]
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64) * 1.5 + 0.5
+    where = (f"{_spec_text(spec)} in {'training' if training else 'eval'} mode, x of shape "
+             f"({n}, {c_in}, {h}, {w}), float64")
+    return Case(where, {"x": x}, {"spec": spec, "seed": seed, "training": training, "model": model,
+                                  "kinds": _spec_kinds(spec, training)})
+
+
+def _case_model(case):
+    return _build(case["spec"], case["seed"]).train(case["training"])
+
+
+def _roles(model):
+    """Each leaf layer of ``model`` in forward order, as data, with what a fold does to it: a
+    BatchNorm2d right after a Conv2d in the same nn.Sequential is folded into it (``fold``, the
+    conv's name), any other BatchNorm2d stays (``reason``), a conv with a BN after it gains a bias."""
+    from torch import nn
+
+    names = {id(m): name for name, m in model.named_modules()}
+    role = {}
+    for seq in model.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.children())
+        for i, m in enumerate(children):
+            if not _is_bn2d(m):
+                continue
+            prev = children[i - 1] if i else None
+            if isinstance(prev, nn.Conv2d):
+                role[id(m)] = {"fold": names[id(prev)], "torch": isinstance(m, nn.BatchNorm2d)}
+                role[id(prev)] = {"folded": True}
+            elif prev is None:
+                role[id(m)] = {"reason": "it is the first layer of its nn.Sequential, so no "
+                                         "convolution feeds it directly"}
+            else:
+                why = {nn.ReLU: "BN(relu(z)) is not an affine map of z, so no convolution can "
+                                "absorb it",
+                       nn.MaxPool2d: "a per-channel scale (negative when gamma is) does not "
+                                     "commute with a max"}.get(type(prev), "")
+                role[id(m)] = {"reason": f"it follows {type(prev).__name__} "
+                                         f"'{names[id(prev)]}', not a Conv2d{'; ' + why if why else ''}"}
+    return [{**_layer(name, m), **role.get(id(m), {})} for name, m in model.named_modules()
+            if _is_leaf(m)]
+
+
+def _is_leaf(m):
+    from torch import nn
+
+    return next(m.children(), None) is None and not isinstance(m, nn.Identity)
+
+
+def _layer(name, m):
+    """One layer's kind and the settings a fold must keep, as plain data."""
+    from torch import nn
+
+    d = {"name": name, "kind": "BatchNorm2d" if _is_bn2d(m) else type(m).__name__}
+    if isinstance(m, nn.Conv2d):
+        d.update(channels=[m.in_channels, m.out_channels], kernel=list(m.kernel_size),
+                 stride=list(m.stride), padding=list(m.padding) if not isinstance(m.padding, str)
+                 else m.padding, dilation=list(m.dilation), groups=m.groups,
+                 bias=m.bias is not None)
+    elif _is_bn2d(m):
+        d.update(num_features=int(m.num_features), eps=float(m.eps),
+                 affine=getattr(m, "weight", None) is not None)
+    return d
+
+
+def _model_state(model):
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [(n, type(m).__name__) for n, m in model.named_modules()],
+            [bool(m.training) for m in model.modules()])
+
+
+def _fold_model_compute(fn, case):
+    """What the learner's fold returned (its layers, which BN layers are in training mode, its
+    output on the case's input) and what it did to the model it was given."""
+    torch = _torch()
+    from torch import nn
+
+    model, x = case["model"], case["x"]
+    state, layout, modes = _model_state(model)
+    try:
+        folded = fn(model)
+    except Exception as err:  # noqa: BLE001 - judge names it, with a hint when it is a known one
+        return {"raised": err}
+    state_after, layout_after, modes_after = _model_state(model)
+    changed = [k for k in state if k in state_after and not torch.equal(state[k], state_after[k])]
+    changed += [f"{k} (added)" for k in state_after if k not in state]
+    if layout != layout_after:  # which keys went with a replaced layer says less than this
+        changed.append("its layers (a layer was replaced or removed)")
+    else:
+        changed += [f"{k} (removed)" for k in state if k not in state_after]
+        if modes != modes_after:
+            changed.append("its mode (model.training)")
+    answers = {"changed": changed, "module": isinstance(folded, nn.Module),
+               "type": type(folded).__name__, "same": folded is model}
+    if not answers["module"]:
+        return answers
+    answers["layers"] = [_layer(name, m) for name, m in folded.named_modules() if _is_leaf(m)]
+    answers["training"] = [name for name, m in folded.named_modules() if _is_bn2d(m) and m.training]
+    try:
+        with torch.no_grad():
+            out = folded(x)
+        answers["out_type"] = type(out).__name__
+        if isinstance(out, torch.Tensor):
+            answers["out_dtype"] = str(out.dtype).replace("torch.", "")
+            answers["out"] = out.detach().to(torch.float64).numpy()
+    except Exception as err:  # noqa: BLE001 - raised by judge once the layers it checks first pass
+        answers["raised"] = err
+    return answers
+
+
+def _learner_step(answers, key, case, what):
+    """``answer(answers, key)``, an exception of the learner's code turned into a failure that
+    names the case (and, for the known ones, says what to change)."""
+    try:
+        return answer(answers, key)
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any exception of the learner's code fails the case
+        text = str(err)
+        hint = ""
+        if "NoneType" in text and "affine=False" in case.description:
+            hint = ("\nHint: a BatchNorm2d(affine=False) has weight and bias None: it scales by 1 "
+                    "and shifts by 0 (gamma = 1, beta = 0).")
+        elif isinstance(err, RuntimeError) and ("size of tensor" in text or "broadcast" in text):
+            hint = ("\nHint: BN's scale has one value per output channel, so it multiplies axis 0 "
+                    "of the weight, of shape (C_out, C_in / groups, kh, kw): weight * "
+                    "scale.view(-1, 1, 1, 1); and start from a copy of the conv "
+                    "(copy.deepcopy(conv)) so its groups, stride, padding and dilation carry over.")
+        elif isinstance(err, RuntimeError) and ("Double" in text or "double" in text):
+            hint = ("\nHint: keep each layer's dtype, float64 here: copy.deepcopy(conv) keeps it, "
+                    "a new nn.Conv2d(...) is float32.")
+        raise AssertionError(f"{what} raised {type(err).__name__}: {text} "
+                             f"({case.description}).{hint}") from err
+
+
+def _fold_model_judge(answers, case):
+    torch = _torch()
+
+    where = case.description
+    changed = _learner_step(answers, "changed", case, "fold_model")
+    if changed != []:
+        changed = [str(k) for k in changed] if type(changed) is list else ["its state"]
+        raise AssertionError(
+            f"fold_model changed the model it was given ({', '.join(changed[:4])}) ({where}).\n"
+            "Hint: fold a copy (folded = copy.deepcopy(model).eval()) and replace layers in the "
+            "copy only: the caller may keep training the original, in the mode it was in.")
+    if answers.get("module") is not True:
+        raise AssertionError(f"fold_model must return an nn.Module, got {answers.get('type')} "
+                             f"({where})")
+    if answers.get("same") is not False:
+        raise AssertionError(f"fold_model returned the model it was given ({where}): return a new "
+                             "model (copy.deepcopy(model)) with the BatchNorm layers folded")
+    model = _case_model(case)
+    _judge_layers(answers.get("layers"), _roles(model), case)
+    training = answers.get("training")
+    if training != []:
+        names = ", ".join(f"'{n}'" for n in training[:3]) if type(training) is list else "some"
+        raise AssertionError(
+            f"the folded model's BatchNorm2d {names} is in training mode ({where}).\nHint: return "
+            "the folded model in eval mode (copy.deepcopy(model).eval()): in training mode a "
+            "BatchNorm2d that stays normalizes with each batch's statistics, not its running ones.")
+    out = _learner_step(answers, "out", case, "the folded model")
+    if type(out) is not np.ndarray:
+        raise AssertionError(f"the folded model must return a tensor, got {answers.get('out_type')} "
+                             f"({where})")
+    if answers.get("out_dtype") != "float64":
+        raise AssertionError(
+            f"the folded model returns {answers.get('out_dtype')} for a float64 model ({where}): "
+            "keep each layer's dtype (a new bias from torch.zeros_like(bn.running_mean), not "
+            "torch.zeros(c), which is float32)")
+    x = case["x"]
     with torch.no_grad():
-        fused.weight.copy_(w)
+        want = copy.deepcopy(model).eval()(x).numpy()
+    assert_close("folded model output", out, want, case, atol=1e-9, rtol=1e-9,
+                 hints=lambda: _fold_hints(model, x))
+
+
+def _judge_layers(got, ref, case):
+    """The folded model's layers (Identity left out) against the original's: every layer kept
+    but the folded BatchNorm2d layers, in order, each with its settings."""
+    where = case.description
+    if type(got) is not list or not all(type(g) is dict for g in got):
+        raise AssertionError(f"the folded model's layers cannot be read ({where})")
+    kept = [r for r in ref if "fold" not in r]
+    pairs, j = [], 0
+    for r in ref:
+        nxt = got[j].get("kind") if j < len(got) else None
+        if "fold" in r:
+            if nxt == "BatchNorm2d":
+                which = ("\nHint: it is torch's nn.BatchNorm2d; test for both kinds, "
+                         "isinstance(m, (BatchNorm2d, nn.BatchNorm2d))." if r["torch"] else "")
+                raise AssertionError(
+                    f"BatchNorm2d '{r['name']}' is still in the folded model ({where}): it comes "
+                    f"right after Conv2d '{r['fold']}' in the same nn.Sequential, so fold it into "
+                    f"that convolution and replace it by nn.Identity().{which}")
+            continue
+        if nxt != r["kind"]:
+            if r["kind"] == "BatchNorm2d":
+                raise AssertionError(
+                    f"BatchNorm2d '{r['name']}' is missing from the folded model ({where}), but "
+                    f"it must stay, in eval mode: {r['reason']}.\nHint: fold only a BatchNorm2d "
+                    "that comes right after a Conv2d in the same nn.Sequential.")
+            raise AssertionError(
+                f"the folded model's layers are {[g.get('kind') for g in got]}, expected "
+                f"{[k['kind'] for k in kept]} ({where}): {nxt or 'nothing'} where "
+                f"{r['kind']} '{r['name']}' should be; keep every layer but the folded BatchNorm2d")
+        pairs.append((r, got[j]))
+        j += 1
+    if j < len(got):
+        raise AssertionError(f"the folded model has extra layers {[g.get('kind') for g in got[j:]]} "
+                             f"after the original's last ({where})")
+    for r, g in pairs:
+        if r["kind"] == "Conv2d":
+            for key in ("channels", "kernel", "stride", "padding", "dilation", "groups"):
+                if g.get(key) != r[key]:
+                    raise AssertionError(
+                        f"Conv2d '{r['name']}' has {key} {g.get(key)} in the folded model, "
+                        f"expected {r[key]} ({where}).\nHint: start from a copy of the "
+                        "convolution (copy.deepcopy(conv)) so its stride, padding, dilation and "
+                        "groups carry over; a new nn.Conv2d(...) easily loses one.")
+            if r.get("folded") and g.get("bias") is not True:
+                raise AssertionError(
+                    f"the folded Conv2d '{r['name']}' has no bias ({where}): folding gives it "
+                    "one, b' = scale * (b - running_mean) + beta (b = 0 for a conv with "
+                    "bias=False): fused.bias = nn.Parameter(...)")
+            if not r.get("folded") and g.get("bias") is not r["bias"]:
+                raise AssertionError(
+                    f"Conv2d '{r['name']}' {'lost' if r['bias'] else 'gained'} a bias ({where}): "
+                    "no BatchNorm2d comes right after it, so it stays as it was")
+        if r["kind"] == "BatchNorm2d":
+            for key in ("num_features", "eps", "affine"):
+                if g.get(key) != r[key]:
+                    raise AssertionError(
+                        f"BatchNorm2d '{r['name']}' has {key} {g.get(key)} in the folded model, "
+                        f"expected {r[key]} ({where}): a BatchNorm2d that stays is kept as it was")
+
+
+def _fold_variant(conv, bn, *, eps=True, beta=True, mean=True, conv_bias=True, axis=0):
+    """What ``bn(conv(x))`` folds to with one known bug switched off (float64)."""
+    torch = _torch()
+    with torch.no_grad():
+        scale = (bn.running_var + (bn.eps if eps else 0.0)).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale if mean else torch.zeros_like(scale)
+        if beta and bn.bias is not None:
+            shift = shift + bn.bias
+        b = conv.bias if (conv.bias is not None and conv_bias) else torch.zeros_like(scale)
+        fused = copy.deepcopy(conv)
+        fused.weight.copy_(conv.weight * (scale.view(-1, 1, 1, 1) if axis == 0 else scale.view(1, -1, 1, 1)))
         fused.bias = torch.nn.Parameter(b * scale + shift)
     return fused
 
 
-def _fold_state(conv, bn):
-    return {k: v for k, v in list(conv.state_dict().items()) + [
-        ("bn." + k, v) for k, v in bn.state_dict().items()]}
-
-
-def _fold_compute(fn, case):
-    """The folded convolution's output on the case's input, and what the function changed."""
-    torch = _torch()
+def _reference_fold(model, **bug):
+    """``model`` folded (a copy, in eval mode), with at most one known bug; None when that bug
+    changes nothing in this model (its hint would then name a correct answer)."""
     from torch import nn
 
-    conv, bn, x = case["conv"], case["bn"], case["x"]
-    before = {k: v.clone() for k, v in _fold_state(conv, bn).items()}
-    fused = fn(conv, bn)
-    after = _fold_state(conv, bn)
-    answers = {"changed": [k for k in before if not torch.equal(before[k], after[k])],
-               "type": type(fused).__name__, "conv2d": isinstance(fused, nn.Conv2d)}
-    if answers["conv2d"]:
-        with torch.no_grad():
-            answers["out"] = fused(x).double().numpy()
-    return answers
+    folded = copy.deepcopy(model).eval()
+    pairs = []
+    for seq in list(folded.modules()):
+        if isinstance(seq, nn.Sequential):
+            for i in range(1, len(seq)):
+                if isinstance(seq[i - 1], nn.Conv2d) and _is_bn2d(seq[i]):
+                    pairs.append((seq, i))
+    convs = [seq[i - 1] for seq, i in pairs]
+    bns = [seq[i] for seq, i in pairs]
+    applies = {"conv_bias": any(c.bias is not None for c in convs),
+               "beta": any(b.bias is not None for b in bns),
+               "axis": all(c.weight.shape[1] == c.weight.shape[0] for c in convs)}
+    if any(not applies.get(key, True) for key in bug):
+        return None
+    for seq, i in pairs:
+        seq[i - 1] = _fold_variant(seq[i - 1], seq[i], **bug)
+        seq[i] = nn.Identity()
+    return folded
 
 
-def _fold_judge(answers, case):
+_FOLD_BUGS = (
+    ({"eps": False}, "running_var is used without eps: scale = gamma / sqrt(running_var + eps), "
+                     "with the BN's own bn.eps."),
+    ({"conv_bias": False}, "a convolution's own bias was dropped: b' = scale * (b - running_mean) "
+                           "+ beta, with b the conv's bias (0 only when it has none)."),
+    ({"beta": False}, "beta (bn.bias) is missing from the folded bias: b' = scale * (b - "
+                      "running_mean) + beta."),
+    ({"mean": False}, "running_mean is missing from the folded bias: b' = scale * (b - "
+                      "running_mean) + beta."),
+    ({"axis": 1}, "the scale multiplies the weight's input-channel axis; BN scales each output "
+                  "channel's filter: weight * scale.view(-1, 1, 1, 1)."),
+)
+
+
+def _fold_hints(model, x):
     torch = _torch()
-
-    conv, bn, x = case["conv"], case["bn"], case["x"]
-    changed = answers.get("changed")
-    if changed != []:
-        changed = [str(k) for k in changed] if type(changed) is list else ["state"]
-        raise AssertionError(f"fold_conv_bn modified its inputs ({', '.join(changed)}) "
-                             f"({case.description}): copy the conv (copy.deepcopy) and write the "
-                             "folded weights into the copy")
-    if answers.get("conv2d") is not True:
-        raise AssertionError(f"fold_conv_bn must return an nn.Conv2d, got {answers.get('type')} "
-                             f"({case.description})")
-    with torch.no_grad():
-        want = bn(conv(x)).numpy()
-        hints = []
-        for kw, message in (
-            ({"eps": False}, "eps is missing: scale = gamma / sqrt(running_var + eps)."),
-            ({"beta": False}, "beta is missing from the folded bias: b' = scale * (b - "
-                              "running_mean) + beta."),
-            ({"conv_bias": False}, "the convolution's own bias was dropped: b' = scale * "
-                                   "(b - running_mean) + beta."),
-            ({"axis": 1}, "the scale multiplies the weight's input-channel axis; BN scales "
-                          "output channels: weight * scale.view(-1, 1, 1, 1)."),
-        ):
-            if kw.get("conv_bias") is False and conv.bias is None:
-                continue
-            if kw.get("axis") == 1 and conv.in_channels != conv.out_channels:
-                continue
-            hints.append(Hint(_fold_variant(conv, bn, **kw)(x).numpy(), message))
-    assert_close("folded conv output", answer(answers, "out"), want, case, atol=1e-9, rtol=1e-9,
-                 hints=hints)
+    hints = []
+    for bug, message in _FOLD_BUGS:
+        folded = _reference_fold(model, **bug)
+        if folded is not None:
+            with torch.no_grad():
+                hints.append(Hint(folded(x).numpy(), message))
+    return hints
 
 
-def _fold_public():
-    return [_fold_case(seed, c_in, c_out, bias, f"conv {c_in}->{c_out} 3x3 "
-                       f"{'with' if bias else 'without'} bias, BN eps 1e-3, float64")
-            for seed, c_in, c_out, bias in ((0, 3, 3, True), (1, 2, 5, False), (2, 4, 4, False))]
+def _fold_model_public():
+    head = [*_HEAD, ("linear", 4, 3)]
+    specs = [
+        # the lesson's shape: conv -> BN -> ReLU blocks, then a linear head
+        ([[_conv(1, 4), _bn(4), ("relu",)], [_conv(4, 4), _bn(4), ("relu",)], *head], False),
+        # flat pairs: a BN first that stays, a conv with bias, torch's BN without affine, a
+        # grouped, strided and dilated conv
+        ([_bn(4, eps=1e-3), _conv(4, 6, bias=True), _bn(6, "torch", affine=False, eps=1e-3),
+          _conv(6, 4, stride=2, padding=2, dilation=2, groups=2), _bn(4, "torch", eps=0.1),
+          ("relu",)], True),
+        # BNs that stay: after a ReLU, after a pool; a 1x1 conv with bias folds
+        ([_conv(3, 5, bias=True), ("relu",), _bn(5, "torch"), _conv(5, 5), ("pool",), _bn(5),
+          _conv(5, 4, k=1, padding=0, bias=True), _bn(4, affine=False), *head], False),
+    ]
+    return [_fold_model_case(spec, seed, training, 2, 6, 5)
+            for seed, (spec, training) in enumerate(specs)]
 
 
-def _fold_randomized(seed):
+def _fold_model_spec(rng):
+    """A random convnet: 2-4 segments, at least one conv -> BN pair to fold, channels 1..8."""
+    c = int(rng.integers(1, 9))
+
+    def bn(ch):
+        return _bn(ch, "torch" if rng.random() < 0.5 else "minibn", affine=bool(rng.random() > 0.25),
+                   eps=float(rng.choice([1e-5, 1e-3, 0.1])))
+
+    spec = [bn(c)] if rng.random() < 0.3 else []
+    segments = int(rng.integers(2, 5))
+    for i in range(segments):
+        pairs = ("block", "flat", "grouped")
+        kind = str(rng.choice(pairs + ("relu_bn", "pool_bn")) if i else rng.choice(pairs))
+        if kind == "grouped" and c % 2:
+            kind = "flat"
+        c_out = 2 * int(rng.integers(1, 5)) if kind == "grouped" else int(rng.integers(1, 9))
+        bias = bool(rng.integers(0, 2))
+        conv = _conv(c, c_out, bias=bias)
+        if kind == "block":
+            spec.append([conv, bn(c_out), ("relu",)])
+        elif kind == "flat":
+            k = int(rng.choice([1, 3]))
+            spec += [_conv(c, c_out, k=k, padding=k // 2, bias=bias), bn(c_out)]
+        elif kind == "grouped":
+            spec += [_conv(c, c_out, stride=int(rng.integers(1, 3)), padding=2, dilation=2,
+                           groups=2, bias=bias), bn(c_out)]
+        else:
+            spec += [conv, ("relu",) if kind == "relu_bn" else ("pool",), bn(c_out)]
+        c = c_out
+    if rng.random() < 0.5:
+        spec += [*_HEAD, ("linear", c, 3)]
+    return spec
+
+
+def _fold_model_randomized(seed):
     rng = np.random.default_rng(seed)
     cases = []
     for _ in range(3):
-        c_in, c_out = int(rng.integers(1, 7)), int(rng.integers(1, 7))
-        bias = bool(rng.integers(0, 2))
-        cases.append(_fold_case(int(rng.integers(0, 2**31)), c_in, c_out, bias,
-                                f"conv {c_in}->{c_out}, {'with' if bias else 'without'} bias"))
+        spec = _fold_model_spec(rng)
+        n, h, w = (int(v) for v in (rng.integers(2, 4), rng.integers(4, 8), rng.integers(4, 8)))
+        cases.append(_fold_model_case(spec, int(rng.integers(0, 2**31)), bool(rng.integers(0, 2)),
+                                      n, h, w))
     return cases
 
 
-FOLD = Exercise("fold_conv_bn", _fold_public, _fold_randomized, None,
-                summary="fold_conv_bn(conv, bn)(x) == bn(conv(x)) in float64, eval-mode BN, "
-                "inputs untouched", compute=_fold_compute, judge=_fold_judge)
-check_fold_conv_bn, check_fold_conv_bn_randomized = FOLD.checks(module=__name__)
+FOLD = Exercise("fold_model", _fold_model_public, _fold_model_randomized, None,
+                summary="a new eval-mode model computing model.eval()(x), every Conv2d -> "
+                "BatchNorm2d pair folded into the conv, the given model untouched",
+                compute=_fold_model_compute, judge=_fold_model_judge)
+check_fold_model, check_fold_model_randomized = FOLD.checks(module=__name__)
 
 EXERCISES = (BLOCK, EVALUATE, FOLD)

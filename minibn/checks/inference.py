@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from minibn import functional as ref
+from minibn.conventions import update_running_stat
 from minibn.checks._core import (
     Case,
     Exercise,
@@ -50,10 +51,6 @@ def _channel_view(v, ndim):
 # update_running_stats
 
 
-def _ema(running, stat, momentum):
-    return (1 - momentum) * running + momentum * stat
-
-
 def _running_cases(rng):
     cases = []
     for shape, dtype, momentum, steps in [((8, 3), np.float64, 0.1, 1),
@@ -79,14 +76,11 @@ def _running_expectations(batches, momentum, c):
         axes = reduce_axes(x.ndim)
         mean, var_b, var_u = x.mean(axis=axes), x.var(axis=axes), x.var(axis=axes, ddof=1)
         for key, (rm, rv) in variants.items():
-            if key == "reversed":
-                variants[key] = [_ema(rm, mean, 1 - momentum), _ema(rv, var_u, 1 - momentum)]
-            elif key == "biased":
-                variants[key] = [_ema(rm, mean, momentum), _ema(rv, var_b, momentum)]
-            elif key == "std":
-                variants[key] = [_ema(rm, mean, momentum), _ema(rv, np.sqrt(var_u), momentum)]
-            else:
-                variants[key] = [_ema(rm, mean, momentum), _ema(rv, var_u, momentum)]
+            # The bugs through the one rule: a reversed momentum is the rule with 1 - momentum.
+            weight = 1 - momentum if key == "reversed" else momentum
+            var = {"biased": var_b, "std": np.sqrt(var_u)}.get(key, var_u)
+            update_running_stat(rm, mean, weight)
+            update_running_stat(rv, var, weight)
     return variants
 
 

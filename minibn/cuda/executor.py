@@ -318,17 +318,29 @@ def _run(cmd, what, label=None):
         raise KernelError(f"{what} failed:\n" + "\n".join(proc.stderr.strip().splitlines()[:12]))
 
 
-def _runtime_object(cxx):
-    """The shim's runtime, compiled once per compiler and source (and cached like kernels)."""
-    key = hashlib.sha256("\0".join([RUNTIME.read_text(), ABI.read_text(), " ".join(_RUNTIME_FLAGS),
-                                    _compiler_version(cxx)]).encode()).hexdigest()[:32]
-    target = cache_dir() / f"runtime-{key}.o"
+def cached_build(name, key_parts, build):
+    """``cache_dir() / name-KEY.ext``, KEY a hash of the strings ``key_parts`` (which must name
+    everything the file depends on: source, flags, compiler version). Made by ``build(path)`` in
+    a temporary directory beside it when missing, then moved into place atomically, so that
+    concurrent builds of the same key are harmless."""
+    key = hashlib.sha256("\0".join(key_parts).encode()).hexdigest()[:32]
+    stem, ext = os.path.splitext(name)
+    target = cache_dir() / f"{stem}-{key}{ext}"
     if not target.exists():
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / "runtime.o"
-            _run([cxx, *_RUNTIME_FLAGS, "-c", str(RUNTIME), "-o", str(out)], "compiling the CPU shim's runtime")
+            out = Path(tmp) / name
+            build(out)
             os.replace(out, target)
     return target
+
+
+def _runtime_object(cxx):
+    """The shim's runtime, compiled once per compiler and source (and cached like kernels)."""
+    return cached_build(
+        "runtime.o",
+        [RUNTIME.read_text(), ABI.read_text(), " ".join(_RUNTIME_FLAGS), _compiler_version(cxx)],
+        lambda out: _run([cxx, *_RUNTIME_FLAGS, "-c", str(RUNTIME), "-o", str(out)],
+                         "compiling the CPU shim's runtime"))
 
 
 def _build(code, kernels, options, label):

@@ -20,6 +20,7 @@ EXPERIMENTS = {
     "learning_rates": "minibn.experiments.e5_learning_rates",
     "population_stats": "minibn.experiments.e6_population_stats",
     "convnet": "minibn.experiments.e7_convnet",
+    "beyond_one_batch": "minibn.experiments.e8_beyond_one_batch",
 }
 
 

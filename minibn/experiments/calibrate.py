@@ -83,23 +83,29 @@ def _run_in_subprocess(name, path, seed, out):
         raise RuntimeError(f"calibration run {name} seed {seed} ({path}) failed:\n{done.stderr}")
 
 
-def collect(name, plan, out_dir, jobs=2, log=print):
-    """Run what is missing of ``plan`` ({path: seeds}); return ``{(path, seed): run dict}``."""
-    todo, runs = [], {}
-    for path, seeds in plan.items():
-        for seed in seeds:
-            file = os.path.join(out_dir, name, path, f"seed-{seed}.json")
-            if not os.path.exists(file):
-                todo.append((path, seed, file))
+def _missing(name, plan, out_dir):
+    """The runs of ``plan`` ({path: seeds}) not cached yet: ``(name, path, seed, file)``."""
+    return [(name, path, seed, file) for path, seeds in plan.items() for seed in seeds
+            if not os.path.exists(file := os.path.join(out_dir, name, path, f"seed-{seed}.json"))]
+
+
+def run_missing(todo, jobs=2, label="calibrate", log=print):
+    """Run ``todo`` (from ``_missing``, of one or several experiments) ``jobs`` at a time."""
     if todo:
-        log(f"{name}: {len(todo)} runs to do, {jobs} at a time")
+        log(f"{label}: {len(todo)} runs to do, {jobs} at a time")
     with ThreadPoolExecutor(max_workers=jobs) as pool, \
-            progress_bar(len(todo), f"calibrate {name}", bool(todo)) as bar:
-        futures = {pool.submit(_run_in_subprocess, name, p, s, f): (p, s) for p, s, f in todo}
+            progress_bar(len(todo), label, bool(todo)) as bar:
+        futures = {pool.submit(_run_in_subprocess, n, p, s, f): (n, p, s) for n, p, s, f in todo}
         for fut in as_completed(futures):
             fut.result()
-            bar.set_postfix_str("{} seed {}".format(*futures[fut]))
+            bar.set_postfix_str("{} {} seed {}".format(*futures[fut]))
             bar.update()
+
+
+def collect(name, plan, out_dir, jobs=2, log=print):
+    """Run what is missing of ``plan`` ({path: seeds}); return ``{(path, seed): run dict}``."""
+    run_missing(_missing(name, plan, out_dir), jobs, f"calibrate {name}", log)
+    runs = {}
     for path, seeds in plan.items():
         for seed in seeds:
             with open(os.path.join(out_dir, name, path, f"seed-{seed}.json")) as f:
@@ -222,6 +228,9 @@ def main(argv):
         if path not in CPU_PATHS:
             p.error(f"unknown CPU path {path!r}; choose from {list(CPU_PATHS)}")
         plan[path] = parse_seeds(seeds or args.seeds)
+    # Every experiment's missing runs in one pool: with one seed each (a quick check), runs of
+    # different experiments are what can share the cores.
+    run_missing([r for n in names for r in _missing(n, plan, args.out)], args.jobs)
     failed = False
     for name in names:
         runs = collect(name, plan, args.out, args.jobs)

@@ -15,7 +15,7 @@ def main(argv=None):
     g.add_argument("--course", default=".", help="course directory (holds nbgrader_config.py)")
     g.add_argument("--assignment", action="append", help="only this lesson (repeatable)")
     g.add_argument("--student", action="append", help="only this student (repeatable)")
-    g.add_argument("--workers", type=int, default=None, help="parallel graders (default: CPU count)")
+    g.add_argument("--workers", type=int, default=None, help="parallel graders (default: CPU count + 1)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per cell (default 60)")
     g.add_argument("--full", action="store_true",
                    help="run lessons at full size (default: MINIBN_FAST=1, graded cells are the same)")

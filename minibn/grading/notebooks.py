@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import nbformat
-
 NBFORMAT = 4
 
 
@@ -62,6 +60,10 @@ def without_magics(source):
 
 
 def read(path):
+    # nbformat is imported where it is used: importing it costs 1.5 s (jsonschema's format
+    # checkers), and the re-grade's grader process, one per submission, reads no notebook.
+    import nbformat
+
     return nbformat.read(str(path), as_version=NBFORMAT)
 
 
@@ -77,6 +79,8 @@ def strip(nb):
 
 def dumps(nb):
     """The canonical text of a notebook: nbformat's JSON with a final newline."""
+    import nbformat
+
     text = nbformat.writes(nb)
     return text if text.endswith("\n") else text + "\n"
 

@@ -55,6 +55,34 @@ def definitions_only(source):
     return ast.unparse(ast.Module(body=kept, type_ignores=[])) if kept else ""
 
 
+def _bound_names(node):
+    return [a.asname or a.name.split(".")[0] for a in node.names]
+
+
+def _without_unused_imports(cells):
+    """Drop the lesson's own imports that no kept code uses: plotting and explorer modules cost
+    the learner's process half a second of CPU per submission, for nothing. A name counts as used
+    where any learner cell, or any definition kept from the lesson's cells, refers to it; the
+    learner's own cells are never changed, and ``import *`` is always kept."""
+    used = set()
+    for cell in cells:
+        tree = ast.parse(cell["source"])
+        used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        used |= {n.value.id for n in ast.walk(tree)
+                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    kept = []
+    for cell in cells:
+        if not cell["learners"]:
+            tree = ast.parse(cell["source"])
+            body = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom))
+                    or any(a.name == "*" for a in n.names) or set(_bound_names(n)) & used]
+            if not body:
+                continue
+            cell = {**cell, "source": ast.unparse(ast.Module(body=body, type_ignores=[]))}
+        kept.append(cell)
+    return kept
+
+
 def names_used(source):
     try:
         tree = ast.parse(nbs.python_source(source))
@@ -77,6 +105,7 @@ def build_plan(source_nb, submitted_nb, learner_functions):
         code = nbs.python_source(cell.source) if learners else definitions_only(cell.source)
         if code.strip():
             cells.append({"label": cell.get("id") or f"cell-{i}", "source": code, "learners": learners})
+    cells = _without_unused_imports(cells)
     tests = [{"grade_id": nbs.grade_id(c), "points": float(nbs.meta(c).get("points", 0)),
               "source": nbs.python_source(c.source), "names": names_used(c.source)}
              for c in source_nb.cells if nbs.is_test(c)]

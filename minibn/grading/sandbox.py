@@ -15,8 +15,9 @@ sandbox joins a cgroup of its own whose ``pids.max`` counts only its tasks. RLIM
 well, counts every task of the grading user and does not bind root at all.
 
 ``probe()`` tells whether a sandbox can be built here and raises ``SandboxUnavailable`` saying
-why and how to install bubblewrap when it cannot; ``python -m minibn.grading.sandbox kernel
-CONNECTION_FILE`` is the Jupyter kernel command nbgrader's autograde uses (``kernelspec``).
+why and how to install bubblewrap when it cannot; ``python -I .../minibn/grading/sandbox.py
+kernel LIMITS_JSON CONNECTION_FILE`` (this file as a script) is the Jupyter kernel command
+nbgrader's autograde uses (``write_kernelspec``).
 """
 from __future__ import annotations
 
@@ -271,7 +272,9 @@ def write_kernelspec(jupyter_path, *, limits=Limits(), env_extra=None):
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "limits.json").write_text(json.dumps({**limits.__dict__, "env": env_extra or {}}))
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "minibn.grading.sandbox", "kernel", str(spec / "limits.json"),
+        # This file run as a script, not as ``-m minibn.grading.sandbox``: it needs only the
+        # standard library, and importing the package (NumPy with it) cost 0.2 s per notebook.
+        "argv": [sys.executable, "-I", str(Path(__file__).resolve()), "kernel", str(spec / "limits.json"),
                  "{connection_file}"],
         "display_name": "minibn (sandboxed grading)", "language": "python"}))
     return spec
@@ -306,4 +309,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "kernel":
         _kernel_main(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m minibn.grading.sandbox kernel LIMITS_JSON CONNECTION_FILE")
+        sys.exit("usage: python -I minibn/grading/sandbox.py kernel LIMITS_JSON CONNECTION_FILE")

@@ -7,7 +7,9 @@
 - ``minibn.nn.functional.batch_norm``: ``torch.nn.functional.batch_norm``'s signature and
   checks; training mode runs through ``BatchNormFunction`` (``minibn.nn.function``), whose
   backward is minibn's closed form (``minibn.functional.batchnorm_backward``) in differentiable
-  torch ops: double backward, ``torch.func`` transforms and batched gradients work.
+  torch ops: double backward, ``torch.func`` transforms and batched gradients work. On CPU
+  the same closed form runs as fused C++ loops where it can (``minibn.nn.fused``, compiled
+  with g++ on first use; the composite ops otherwise).
 - ``GroupNorm``, ``LayerNorm``, ``InstanceNorm2d`` (``minibn.nn.group_norm``): drop-ins for
   torch's, normalizing inside each sample through the same closed-form ``BatchNormFunction``.
 - ``BatchRenorm2d`` (``minibn.nn.batch_renorm``): Batch Renormalization (Ioffe 2017), batch

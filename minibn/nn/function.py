@@ -13,7 +13,10 @@ memory is faulted in page by page), so the forward makes only ``x - mean`` (kept
 backward, as torch keeps ``x``) and the output, written with ``out=``; the backward makes one,
 ``dout * (x - mean)``, and overwrites it with ``dx`` once it is summed. ``x_hat`` is never stored:
 ``out = (x - mean) * alpha + bias`` and ``dx = gain * dout + k * (x - mean) + k0`` with
-per-channel ``alpha``, ``gain``, ``k``, ``k0``.
+per-channel ``alpha``, ``gain``, ``k``, ``k0``. That still writes ``x - mean`` and, on
+channels_last inputs, reduces across a strided axis; on CPU ``batch_norm_train`` runs the same
+closed form as fused C++ loops instead where it can (``minibn.nn.fused``). This module stays the
+readable form, and the one every traced, transformed or twice-differentiated call runs.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import torch
 from minibn.conventions import channel_shape, reduce_axes, values_per_channel
 
 __all__ = ["BatchNormFunction", "BatchNormFunctionNoJvp", "batch_norm_train", "channel_sum",
-           "channel_sum_of_squares", "scale_shift"]
+           "channel_sum_of_squares", "closed_form_backward", "closed_form_jvp", "scale_shift"]
 
 
 def channel_sum(t):
@@ -66,11 +69,107 @@ def scale_shift(t, scale, shift):
 
 
 def batch_norm_train(x, weight, bias, eps):
-    """``(out, mean, var)`` of ``BatchNormFunction``; inside ``torch.compile`` through
-    ``BatchNormFunctionNoJvp``, since dynamo cannot trace a Function that defines ``jvp``."""
+    """``(out, mean, var)`` of ``BatchNormFunction``; through the fused C++ kernel of
+    ``minibn.nn.fused`` where it applies (contiguous and channels_last CPU inputs), and inside
+    ``torch.compile`` through ``BatchNormFunctionNoJvp``, since dynamo cannot trace a Function
+    that defines ``jvp``."""
+    from minibn.nn import fused  # imported here: it builds on this module
+
+    if fused.applies(x, weight, bias):
+        return fused.FusedBatchNormFunction.apply(x, weight, bias, eps)
     function = BatchNormFunctionNoJvp if torch.compiler.is_compiling() else BatchNormFunction
     out, _, mean, var = function.apply(x, weight, bias, eps)
     return out, mean, var
+
+
+def closed_form_backward(centered, var, weight, eps, needs_input_grad, dout, dcentered, dmean,
+                         dvar):
+    """``(dx, dweight, dbias)`` of ``BatchNormFunction`` in differentiable torch ops (None where
+    ``needs_input_grad`` says no, or no gradient flows). The closed form. With ``c = x - mean``,
+    ``inv_std = 1 / sqrt(var + eps)``, ``x_hat = c * inv_std`` and sums over every axis except 1
+    (``m`` values per channel):
+
+        dbias   = sum(dout)
+        dweight = sum(dout * x_hat) = inv_std * sum(dout * c)
+        dx      = weight * inv_std / m * (m * dout - dbias - x_hat * dweight)
+
+    which is ``gain * dout + k * c + k0`` with per-channel ``gain = weight * inv_std``,
+    ``k = -gain * inv_std * dweight / m`` and ``k0 = -gain * dbias / m``. Gradients for the
+    other outputs add their paths: ``var`` (``d var / d x = 2 c / m``), ``mean``
+    (``1 / m``) and ``c`` itself (``dc - mean(dc)``).
+    """
+    need_x, need_weight, need_bias = needs_input_grad
+    m = values_per_channel(centered.shape)
+    shape = channel_shape(centered)
+    inv_std = torch.rsqrt(var + eps)
+    dbias = dweight = dx = product = None
+    if dout is not None and (need_bias or need_x):
+        dbias = channel_sum(dout)
+    if dout is not None and (need_weight or need_x):
+        product = dout * centered
+        dweight = channel_sum(product) * inv_std
+    if need_x:
+        k = torch.zeros_like(var)   # coefficient of c = x - mean
+        k0 = torch.zeros_like(var)  # constant
+        if dout is not None:
+            gain = inv_std if weight is None else inv_std * weight
+            k = k - gain * inv_std * dweight / m
+            k0 = k0 - gain * dbias / m
+        if dvar is not None:
+            k = k + dvar * (2.0 / m)
+        if dmean is not None:
+            k0 = k0 + dmean / m
+        if dcentered is not None:
+            k0 = k0 - channel_sum(dcentered) / m
+        if product is None:
+            dx = scale_shift(centered, k.view(shape), k0.view(shape))
+        else:
+            # dx = gain * dout + k * c + k0, written over dout * c (summed, no longer needed):
+            # a fresh x-sized tensor costs more than the extra pass (its pages are faulted
+            # in one by one).
+            dx = product.copy_(dout).mul_(gain.view(shape))
+            dx.addcmul_(centered, k.view(shape)).add_(k0.view(shape))
+        if dcentered is not None:
+            dx = dx + dcentered
+    return dx, dweight if need_weight else None, dbias if need_bias else None
+
+
+def closed_form_jvp(centered, var, weight, eps, tx, tweight, tbias):
+    """``(t_out, t_centered, t_mean, t_var)`` of ``BatchNormFunction``: the outputs' tangents
+    from the inputs' (None: no tangent), with ``c = x - mean`` and sums over every axis except 1:
+
+        t_mean = sum(tx) / m,   t_c = tx - t_mean,   t_var = 2 * sum(c * tx) / m
+        t_out  = weight * (inv_std * t_c + c * t_inv_std) + tweight * inv_std * c + tbias
+                 with t_inv_std = -inv_std**3 * t_var / 2
+
+    Every output gets a tangent tensor (zeros where none flows): autograd's forward mode
+    does not take None for an output.
+    """
+    m = values_per_channel(centered.shape)
+    shape = channel_shape(centered)
+    inv_std = torch.rsqrt(var + eps)
+    w = torch.ones_like(var) if weight is None else weight
+    # t_out = gain * tx + k * c + k0, with per-channel gain, k, k0.
+    k = torch.zeros_like(var)
+    k0 = torch.zeros_like(var)
+    if tx is None:
+        t_mean, t_var, t_centered = torch.zeros_like(var), torch.zeros_like(var), None
+    else:
+        t_mean = channel_sum(tx) / m
+        t_var = channel_sum(centered * tx) * (2.0 / m)
+        t_centered = tx - t_mean.view(shape)
+        k = k - w * inv_std ** 3 * t_var / 2
+        k0 = k0 - w * inv_std * t_mean
+    if tweight is not None:
+        k = k + tweight * inv_std
+    if tbias is not None:
+        k0 = k0 + tbias
+    t_out = scale_shift(centered, k.view(shape), k0.view(shape))
+    if tx is not None:
+        t_out.addcmul_(tx, (w * inv_std).view(shape))
+    else:
+        t_centered = torch.zeros_like(centered)
+    return t_out, t_centered, t_mean, t_var
 
 
 class BatchNormFunctionNoJvp(torch.autograd.Function):
@@ -108,53 +207,11 @@ class BatchNormFunctionNoJvp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dcentered, dmean, dvar):
-        """The closed form. With ``c = x - mean``, ``inv_std = 1 / sqrt(var + eps)``,
-        ``x_hat = c * inv_std`` and sums over every axis except 1 (``m`` values per channel):
-
-            dbias   = sum(dout)
-            dweight = sum(dout * x_hat) = inv_std * sum(dout * c)
-            dx      = weight * inv_std / m * (m * dout - dbias - x_hat * dweight)
-
-        which is ``gain * dout + k * c + k0`` with per-channel ``gain = weight * inv_std``,
-        ``k = -gain * inv_std * dweight / m`` and ``k0 = -gain * dbias / m``. Gradients for the
-        other outputs add their paths: ``var`` (``d var / d x = 2 c / m``), ``mean``
-        (``1 / m``) and ``c`` itself (``dc - mean(dc)``).
-        """
         centered, var, weight = ctx.saved_tensors
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        m = values_per_channel(centered.shape)
-        shape = channel_shape(centered)
-        inv_std = torch.rsqrt(var + ctx.eps)
-        dbias = dweight = dx = product = None
-        if dout is not None and (need_bias or need_x):
-            dbias = channel_sum(dout)
-        if dout is not None and (need_weight or need_x):
-            product = dout * centered
-            dweight = channel_sum(product) * inv_std
-        if need_x:
-            k = torch.zeros_like(var)   # coefficient of c = x - mean
-            k0 = torch.zeros_like(var)  # constant
-            if dout is not None:
-                gain = inv_std if weight is None else inv_std * weight
-                k = k - gain * inv_std * dweight / m
-                k0 = k0 - gain * dbias / m
-            if dvar is not None:
-                k = k + dvar * (2.0 / m)
-            if dmean is not None:
-                k0 = k0 + dmean / m
-            if dcentered is not None:
-                k0 = k0 - channel_sum(dcentered) / m
-            if product is None:
-                dx = scale_shift(centered, k.view(shape), k0.view(shape))
-            else:
-                # dx = gain * dout + k * c + k0, written over dout * c (summed, no longer needed):
-                # a fresh x-sized tensor costs more than the extra pass (its pages are faulted
-                # in one by one).
-                dx = product.copy_(dout).mul_(gain.view(shape))
-                dx.addcmul_(centered, k.view(shape)).add_(k0.view(shape))
-            if dcentered is not None:
-                dx = dx + dcentered
-        return dx, dweight if need_weight else None, dbias if need_bias else None, None
+        dx, dweight, dbias = closed_form_backward(centered, var, weight, ctx.eps,
+                                                  ctx.needs_input_grad[:3], dout, dcentered,
+                                                  dmean, dvar)
+        return dx, dweight, dbias, None
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias, eps):
@@ -204,39 +261,5 @@ class BatchNormFunction(BatchNormFunctionNoJvp):
 
     @staticmethod
     def jvp(ctx, tx, tweight, tbias, _teps):
-        """The outputs' tangents from the inputs' (None: no tangent), with ``c = x - mean``
-        and sums over every axis except 1:
-
-            t_mean = sum(tx) / m,   t_c = tx - t_mean,   t_var = 2 * sum(c * tx) / m
-            t_out  = weight * (inv_std * t_c + c * t_inv_std) + tweight * inv_std * c + tbias
-                     with t_inv_std = -inv_std**3 * t_var / 2
-
-        Every output gets a tangent tensor (zeros where none flows): autograd's forward mode
-        does not take None for an output.
-        """
         centered, var, weight = ctx.saved_tensors
-        m = values_per_channel(centered.shape)
-        shape = channel_shape(centered)
-        inv_std = torch.rsqrt(var + ctx.eps)
-        w = torch.ones_like(var) if weight is None else weight
-        # t_out = gain * tx + k * c + k0, with per-channel gain, k, k0.
-        k = torch.zeros_like(var)
-        k0 = torch.zeros_like(var)
-        if tx is None:
-            t_mean, t_var, t_centered = torch.zeros_like(var), torch.zeros_like(var), None
-        else:
-            t_mean = channel_sum(tx) / m
-            t_var = channel_sum(centered * tx) * (2.0 / m)
-            t_centered = tx - t_mean.view(shape)
-            k = k - w * inv_std ** 3 * t_var / 2
-            k0 = k0 - w * inv_std * t_mean
-        if tweight is not None:
-            k = k + tweight * inv_std
-        if tbias is not None:
-            k0 = k0 + tbias
-        t_out = scale_shift(centered, k.view(shape), k0.view(shape))
-        if tx is not None:
-            t_out.addcmul_(tx, (w * inv_std).view(shape))
-        else:
-            t_centered = torch.zeros_like(centered)
-        return t_out, t_centered, t_mean, t_var
+        return closed_form_jvp(centered, var, weight, ctx.eps, tx, tweight, tbias)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minibn.conventions import update_running_stat
 from minibn.widgets import explore
 
 __all__ = ["simulate_running_stats", "running_stats_explorer"]
@@ -41,9 +42,9 @@ def simulate_running_stats(momentum, batch_size, steps=400, convention="torch", 
     out = {k: np.empty(steps) for k in ("running_mean", "running_var", "running_var_biased")}
     for t in range(steps):
         x = rng.normal(true_mean[t], np.sqrt(true_var[t]), batch_size)
-        rm += weight_new * (x.mean() - rm)
-        rv += weight_new * (x.var(ddof=1) - rv)
-        rvb += weight_new * (x.var() - rvb)
+        rm = update_running_stat(rm, x.mean(), weight_new)
+        rv = update_running_stat(rv, x.var(ddof=1), weight_new)
+        rvb = update_running_stat(rvb, x.var(), weight_new)
         out["running_mean"][t], out["running_var"][t], out["running_var_biased"][t] = rm, rv, rvb
     out.update(true_mean=true_mean, true_var=true_var)
     return out

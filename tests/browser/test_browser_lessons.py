@@ -86,23 +86,6 @@ def test_solution_runs_and_explorers_respond(browser, lab, context, shots, lesso
         nb.close()
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
-def test_untouched_student_copy_fails_validate(browser, lab, context, shots, lesson):
-    path = f"lessons/{lesson}/{lesson}.ipynb"
-    nb = NotebookPage(context, lab, path, shots)
-    try:
-        verdict = nb.validate(VALIDATE_S)
-        nb.shot(f"{lesson}-student-validate")
-        assert "Success!" not in verdict, f"{lesson}: the untouched student copy passes Validate"
-        assert "The following cell failed" in verdict, f"{lesson}: {verdict[:3000]}"
-        failing = first_test_cell_line(lab.root / path)
-        assert failing in verdict, f"{lesson}: Validate does not name the first check cell {failing!r}:\n{verdict[:3000]}"
-        assert "NotImplementedError" in verdict, verdict[:3000]
-        nb.close_dialog()
-    finally:
-        nb.close()
-
-
 def manual_answer_count(notebook_path):
     nb = json.loads(notebook_path.read_text())
     return sum(1 for c in nb["cells"] if c["cell_type"] == "markdown"
@@ -111,9 +94,10 @@ def manual_answer_count(notebook_path):
 
 
 @pytest.mark.parametrize("lesson", LESSONS)
-def test_student_view_shows_every_question_above_its_answer_box(browser, lab, context, shots, lesson):
-    """The released lesson as a learner opens it: every answer box ("YOUR ANSWER HERE") has the
-    rendered text of its question right above it, on the page."""
+def test_student_copy_shows_every_question_and_fails_validate(browser, lab, context, shots, lesson):
+    """The released lesson as a learner opens it (one page for both checks: opening a notebook
+    starts a kernel): every answer box ("YOUR ANSWER HERE") has the rendered text of its question
+    right above it, on the page; and Validate, untouched, fails naming the first check cell."""
     path = f"lessons/{lesson}/{lesson}.ipynb"
     nb = NotebookPage(context, lab, path, shots)
     try:
@@ -131,6 +115,15 @@ def test_student_view_shows_every_question_above_its_answer_box(browser, lab, co
                 f"{lesson}: the question above answer box {i} is not visible above it")
         if boxes:
             nb.shot(f"{lesson}-student-view")
+
+        verdict = nb.validate(VALIDATE_S)
+        nb.shot(f"{lesson}-student-validate")
+        assert "Success!" not in verdict, f"{lesson}: the untouched student copy passes Validate"
+        assert "The following cell failed" in verdict, f"{lesson}: {verdict[:3000]}"
+        failing = first_test_cell_line(lab.root / path)
+        assert failing in verdict, f"{lesson}: Validate does not name the first check cell {failing!r}:\n{verdict[:3000]}"
+        assert "NotImplementedError" in verdict, verdict[:3000]
+        nb.close_dialog()
     finally:
         nb.close()
 

@@ -75,7 +75,7 @@ LESSON = {"channel_stats": "01-normalize", "batchnorm_forward": "01-normalize",
               "bn_stats_k0_source", "bn_stats_k1_source", "bn_stats_k2_source",
               "bn_stats_k3_finalize_source", "channel_sums_source", "bn_bwd_elemt_source")},
           "conv_bn_relu": "07-convnet", "evaluate_accuracy": "07-convnet",
-          "fold_conv_bn": "07-convnet",
+          "fold_model": "07-convnet",
           "lp_normalize": "08-why-bn-works", "internal_covariate_shift": "08-why-bn-works",
           "loss_along_gradient": "08-why-bn-works",
           **{name: "09-beyond-one-batch" for name in (
@@ -84,7 +84,7 @@ LESSON = {"channel_stats": "01-normalize", "batchnorm_forward": "01-normalize",
 # sanitized kernel on the CPU executor: fewer seeds keep the slow sweep within minutes (their
 # randomness is in shapes, momenta and launch sizes, not in conditioning).
 SEEDS_FOR = {"BatchNorm2d": 200, "evaluate_accuracy": 300, "conv_bn_relu": 300,
-             "fold_conv_bn": 500, "train_step": 500, "evaluate": 500,
+             "fold_model": 500, "train_step": 500, "evaluate": 500,
              **{name: 300 for name, lesson in LESSON.items() if lesson == "06-gpu-kernels"}}
 FULL_SWEEP = os.environ.get("MINIBN_FULL_SWEEP") == "1"  # every exercise at 10,000 seeds (about 1 h)
 if FULL_SWEEP:

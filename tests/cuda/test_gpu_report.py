@@ -212,4 +212,37 @@ def test_the_whole_report_on_a_gpu(tmp_path):
     assert data["checks"] and all(c["ok"] for c in data["checks"]), proc.stdout[-3000:]
     assert all(r["identical"] for r in data["determinism"])
     assert data["timings"]["copy_gbps"] > 0 and data["duration_s"] < 480
+    assert all(q["ok"] for q in data["sync_batchnorm"]["quantities"]), data["sync_batchnorm"]
     assert proc.returncode == 0
+
+
+# The SyncBatchNorm section's own code (two gloo processes, the per-rank run, the comparison)
+# runs here on the CPU; only torch.nn.SyncBatchNorm itself needs the GPU. Its peers here: minibn's
+# own module (everything agrees) and torch's per-process BatchNorm2d (statistics of one share,
+# which the comparison must report).
+def _sync_section(report, monkeypatch, peer):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # spawned processes get this sys.path, so import gpu_report
+    section, skipped = report.run_sync_batchnorm(report.Deadline(600), device="cpu", peer=peer,
+                                                 log=lambda *_: None)
+    assert skipped == []
+    return {q["name"]: q for q in section["quantities"]}
+
+
+def test_the_sync_batchnorm_section_agrees_with_an_equal_peer(report, monkeypatch):
+    quantities = _sync_section(report, monkeypatch, "minibn")
+    assert set(quantities) == {"output", "input gradient", "weight gradient", "bias gradient",
+                               "running_mean", "running_var", "num_batches_tracked"}
+    assert all(q["ok"] and q["error"] == 0.0 for q in quantities.values()), quantities
+
+
+@pytest.mark.slow
+def test_the_sync_batchnorm_section_reports_a_peer_that_does_not_synchronize(report, monkeypatch):
+    quantities = _sync_section(report, monkeypatch, "local")
+    for name in ("output", "input gradient", "running_mean", "running_var"):
+        assert not quantities[name]["ok"] and quantities[name]["error"] > 1e-3, quantities
+    assert quantities["num_batches_tracked"]["ok"]
+    md = report.render_markdown({"created": "now", "duration_s": 1, "budget_s": 2,
+                                 "sync_batchnorm": report.compare_sync(
+                                     [{"minibn": [{"output": np.ones(2)}], "peer": [{"output": np.ones(2)}]}],
+                                     "torch.nn.SyncBatchNorm")})
+    assert "## SyncBatchNorm vs torch.nn.SyncBatchNorm" in md and "| output | 0.00e+00 | pass |" in md
