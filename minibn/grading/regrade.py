@@ -63,13 +63,15 @@ def _without_unused_imports(cells):
     """Drop the lesson's own imports that no kept code uses: plotting and explorer modules cost
     the learner's process half a second of CPU per submission, for nothing. A name counts as used
     where any learner cell, or any definition kept from the lesson's cells, refers to it; the
-    learner's own cells are never changed, and ``import *`` is always kept."""
+    learner's own cells are never changed (one that does not parse fails when it runs, as it
+    would anywhere), and ``import *`` is always kept."""
     used = set()
     for cell in cells:
-        tree = ast.parse(cell["source"])
+        try:
+            tree = ast.parse(cell["source"])
+        except SyntaxError:
+            continue
         used |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        used |= {n.value.id for n in ast.walk(tree)
-                 if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
     kept = []
     for cell in cells:
         if not cell["learners"]:

@@ -109,6 +109,28 @@ def test_build_plan_takes_tests_from_the_lesson_and_code_from_the_learner():
     assert plan["learner_functions"] == ["batchnorm_forward", "channel_stats"]
 
 
+def test_build_plan_leaves_out_lesson_imports_no_kept_code_uses():
+    """The learner's process skips the lesson's own imports nothing it runs refers to (plotting
+    and explorers cost it half a second per submission); an import a learner's function uses
+    stays, and the learner's own cells are kept whole, even one that does not parse."""
+    source = nbs.read(MINI)
+    sub = copy.deepcopy(source)
+    setup = next(c for c in sub.cells if c.get("id") == "setup")
+    setup.source += "\nimport matplotlib.pyplot as plt\nimport os.path\nfrom math import *"
+    solution = next(c for c in sub.cells if c.get("id") == "ex-stats-solution")
+    solution.source = solution.source.replace("def channel_stats(x):", "def channel_stats(x):\n    os.getcwd()")
+    plan = rg.build_plan(source, sub, learner_functions(source))
+    kept = next(c for c in plan["cells"] if c["label"] == "setup")["source"]
+    assert "matplotlib" not in kept and "minibn.course" not in kept  # nothing kept uses plt or setup
+    assert "import numpy as np" in kept and "BatchNormCache" in kept  # the solutions use both
+    assert "import os.path" in kept and "from math import *" in kept
+
+    broken = next(c for c in sub.cells if c.get("id") == "ex-forward-solution")
+    broken.source = "def batchnorm_forward(x, gamma, beta, eps=1e-5:\n    return x"
+    plan = rg.build_plan(source, sub, learner_functions(source))
+    assert next(c for c in plan["cells"] if c["label"] == "ex-forward-solution")["source"].strip() == broken.source
+
+
 def _nb_with_outputs(outputs, test=True):
     cell = nbformat.v4.new_code_cell("check_x(f)")
     if test:
