@@ -27,8 +27,13 @@ $(STAMP): requirements/course.txt pyproject.toml
 lab: venv
 	$(BIN)/jupyter lab START.ipynb --ServerApp.root_dir="$(CURDIR)" $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# A pytest worker per CPU, each test file whole on one worker: a file's module fixtures (the graded
+# course of tests/grading/test_pipeline.py, an experiment's runs) are built once. TEST_WORKERS=0
+# runs in one process.
+TEST_WORKERS ?= auto
+
 test: venv browser-deps sandbox-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The browser tests drive Debian's Chromium. As root on Debian (CI), install it when missing; if
 # that fails, the tests themselves fail under CI=true and skip, saying why, elsewhere.
@@ -50,7 +55,7 @@ browser: venv browser-deps
 	$(BIN)/python -m pytest tests/browser -v
 
 quicktest: venv
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 # Regenerate lessons/ from solutions/ (all, or one: `make lessons LESSON=01-normalize`); a lesson
 # the learner edited is moved to lessons/<lesson>/backups/ first, never overwritten.

@@ -7,6 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minibn import functional as bn
+from minibn.checks._core import conditioned_atols
 from minibn.gradcheck import numerical_gradient_array, rel_error
 
 # A NumPy warning from the reference would reach stderr, and nbgrader scores a cell with any
@@ -47,11 +48,17 @@ def torch_reference(x, gamma, beta, dout, eps=1e-5):
 def assert_matches_torch(x, gamma, beta, dout, eps=1e-5, backward=bn.batchnorm_backward):
     out, cache = bn.batchnorm_forward(x, gamma, beta, eps)
     dx, dgamma, dbeta = backward(dout, cache)
-    tol = TOL[x.dtype.type]
-    for name, got, want in zip(("out", "dx", "dgamma", "dbeta"), (out, dx, dgamma, dbeta),
-                               torch_reference(x, gamma, beta, dout, eps)):
+    rtol, atol = TOL[x.dtype.type]["rtol"], TOL[x.dtype.type]["atol"]
+    # Where |x| >> std, x - mean loses digits in both implementations (x of mean 86, std 0.04
+    # gave dx 0.34810030605 here and 0.34810030612 from torch): atol follows that conditioning.
+    atols = (*conditioned_atols(x, gamma, dout, eps, atol), atol)
+    for name, got, want, atol in zip(("out", "dx", "dgamma", "dbeta"), (out, dx, dgamma, dbeta),
+                                     torch_reference(x, gamma, beta, dout, eps), atols):
         assert got.dtype == x.dtype, name
-        np.testing.assert_allclose(got, want, err_msg=name, **tol)
+        allowed = np.broadcast_to(atol, want.shape) + rtol * np.abs(want)
+        bad = np.argwhere(~(np.abs(got - want) <= allowed))
+        assert not len(bad), (f"{name} at {tuple(bad[0])}: {got[tuple(bad[0])]!r}, torch "
+                              f"{want[tuple(bad[0])]!r}, allowed {allowed[tuple(bad[0])]:.3g}")
 
 
 # ---------------------------------------------------------------- agreement with torch

@@ -266,6 +266,35 @@ def reduce_axes(ndim):
     return (0,) + tuple(range(2, ndim))
 
 
+# How many roundings of x - mean a correct batch norm may carry into its results: measured at
+# under 4 for dx and 1.2 for dgamma over 10,000 seeds of lesson 02's hidden cases (graph and
+# closed-form backward), and 10,000 seeds of lesson 04's and 06's stay inside it.
+CONDITIONING_FACTOR = 16
+
+
+def conditioned_atols(x, gamma, dout, eps, base, dtype=None):
+    """Per-channel absolute tolerances ``(out, dx, dgamma)`` for a training-mode batch norm of
+    ``x`` computed in ``dtype`` (default: x's), ``base`` plus what each channel's conditioning
+    costs every correct implementation (torch's too).
+
+    Where a channel's values sit far from zero relative to their spread (|mean| >> std, or two
+    values close together), x - mean loses digits: x_hat and inv_std carry an error of about
+    eps_dtype * kappa, kappa = max|x| / sqrt(var + eps). So out may be off by |gamma| times that,
+    dx by |gamma| / std * max|dout| times it and dgamma by sum|dout| times it. ``out`` and ``dx``
+    have x's channel shape (they broadcast against x); ``dgamma`` is (C,).
+    """
+    dtype = _asarray(x).dtype if dtype is None else dtype
+    x = _asarray(x, np.float64)
+    axes, shape = reduce_axes(x.ndim), channel_shape(x.ndim, x.shape[1])
+    std = np.sqrt(x.var(axis=axes) + eps)
+    unit = CONDITIONING_FACTOR * np.finfo(dtype).eps * _abs(x).max(axis=axes) / std
+    gamma = _abs(_asarray(gamma, np.float64))
+    dout = _abs(_asarray(dout, np.float64))
+    return (base + (unit * gamma).reshape(shape),
+            base + (unit * gamma / std * dout.max(axis=axes)).reshape(shape),
+            base + unit * dout.sum(axis=axes))
+
+
 # ----------------------------------------------------------------------------------------------
 # One shape for every exercise
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minibn.checks._core import Case, Exercise, Hint, Split, answer, assert_close, fmt, require_callable
+from minibn.checks._core import (Case, Exercise, Hint, Split, answer, assert_close, conditioned_atols, fmt,
+                                 require_callable)
 from minibn.conventions import update_running_stat
 
 __all__ = [
@@ -343,30 +344,6 @@ def _module_compute(cls, case):
     return answers
 
 
-# How many float32 roundings of x - mean a correct module may carry into out, dx and dweight
-# (the same bound as lesson 02's backward checks; 10,000 seeds of hidden cases stay inside it).
-CONDITIONING_FACTOR = 16
-
-
-def _conditioned_atols(x, weight, dout, atol, eps):
-    """Per-channel atol for (out, dx, dweight) of a training step on float32 ``x``.
-
-    With two values per channel, or any channel whose values sit far from zero relative to
-    their spread, x - mean loses digits in float32: every correct module (torch's too) carries
-    an error of about eps32 * kappa in x_hat, kappa = max|x| / sqrt(var + eps) per channel, so
-    out may be off by |gamma| times that, dx by |gamma| / std * max|dout| times it and dweight
-    by sum|dout| times it."""
-    x64 = x.double().numpy()
-    axes = (0, 2, 3)
-    std = np.sqrt(x64.var(axis=axes) + eps)
-    unit = CONDITIONING_FACTOR * np.finfo(np.float32).eps * np.abs(x64).max(axis=axes) / std
-    gamma = np.abs(weight.detach().double().numpy())
-    d = np.abs(dout.double().numpy())
-    per = (1, -1, 1, 1)
-    return (atol + (unit * gamma).reshape(per), atol + (unit * gamma / std * d.max(axis=axes)).reshape(per),
-            atol + unit * d.sum(axis=axes))
-
-
 def _judge_step(record, answers, ref, x, dout, case, step):
     torch = _torch()
 
@@ -377,7 +354,9 @@ def _judge_step(record, answers, ref, x, dout, case, step):
     yb = ref(xb)
     atol, rtol = _tol(torch.float32)
     out_atol, dx_atol, dweight_atol = (
-        _conditioned_atols(x, ref.weight, dout, atol, ref.eps) if ref.training else (atol,) * 3)
+        conditioned_atols(x.double().numpy(), ref.weight.detach().double().numpy(),
+                          dout.double().numpy(), ref.eps, atol, np.float32)
+        if ref.training else (atol,) * 3)
     mode = "training" if ref.training else "eval"
     what = f"{case.description}, {mode} step {step}"
     sub = Case(what)

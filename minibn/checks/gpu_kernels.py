@@ -41,6 +41,7 @@ import re
 import numpy as np
 
 from minibn.checks._core import (
+    CONDITIONING_FACTOR,
     Case,
     Exercise,
     Hint,
@@ -595,7 +596,8 @@ def _bwd_atol(case):
     The kernel rebuilds x_hat from float32 x, mean and invstd; where a channel's values sit far
     from zero relative to their spread (two values close together, say), x - mean loses digits,
     an error of about eps32 * kappa in x_hat (kappa = max|x| * invstd), which dx carries times
-    |gamma| * invstd * |dgamma| / m. 16 roundings, as lesson 02's backward checks allow."""
+    |gamma| * invstd * |dgamma| / m. ``CONDITIONING_FACTOR`` roundings, as lesson 02's backward
+    checks allow."""
     x = case["x"].astype(np.float64)
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
@@ -605,7 +607,7 @@ def _bwd_atol(case):
     kappa = np.abs(x).max(axis=axes) * inv
     scale = np.abs(case["gamma"].astype(np.float64)) * inv * (
         np.abs(case["dy"].astype(np.float64)).max(axis=axes) + np.abs(case["dgamma"]) / m)
-    return (1e-5 + 16 * np.finfo(np.float32).eps * kappa * scale).reshape(b)
+    return (1e-5 + CONDITIONING_FACTOR * np.finfo(np.float32).eps * kappa * scale).reshape(b)
 
 
 def _check_bwd_case(fn, case):

@@ -16,6 +16,7 @@ kernel, or allocate it with ``zeros``/``to_device``.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import threading
@@ -43,6 +44,10 @@ class Allocation:
 _live = {}
 _keys = itertools.count()
 _lock = threading.Lock()
+# Keys of allocations whose memory is gone, dropped from _live by the lock's next holder. Their
+# finalizers run whenever the garbage collector does, also inside this module's own locked
+# sections, so they must not take the lock (that deadlocked); deque.append needs none.
+_freed = collections.deque()
 
 
 def _allocate(shape, dtype, initialized):
@@ -59,15 +64,18 @@ def _allocate(shape, dtype, initialized):
                        None if initialized else np.zeros(nbytes, np.uint8))
     key = next(_keys)
     with _lock:
+        _drop_freed()
         _live[key] = alloc
     # The record must go with the memory: a later NumPy array at the same address is not ours.
-    weakref.finalize(raw, _forget, key)
+    weakref.finalize(raw, _freed.append, key)
     return array
 
 
-def _forget(key):
-    with _lock:
-        _live.pop(key, None)
+def _drop_freed():
+    """With the lock held: forget the allocations freed since. Memory is freed, and its key
+    queued, before anything else can be allocated at its address."""
+    while _freed:
+        _live.pop(_freed.popleft(), None)
 
 
 def empty(shape, dtype=np.float32):
@@ -98,6 +106,7 @@ def lookup(address, nbytes):
     ``None`` for memory these helpers did not allocate. ``init_address`` is 0 when every byte
     counts as written, else the address of the record's byte for ``address``."""
     with _lock:
+        _drop_freed()
         for alloc in _live.values():
             if alloc.data <= address and address + nbytes <= alloc.data + alloc.nbytes:
                 init = 0 if alloc.init is None else alloc.init.ctypes.data + (address - alloc.data)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import math
 import subprocess
 import threading
@@ -32,7 +31,6 @@ from minibn.nn.function import closed_form_backward, closed_form_jvp
 
 __all__ = ["FusedBatchNormFunction", "applies", "disabled"]
 
-_log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "_kernels" / "batch_norm.cpp"
 _FLAGS = ("-std=c++17", "-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
@@ -98,7 +96,6 @@ def _get_library():
                 message = (f"minibn.nn: the fused CPU batch-norm kernel is unavailable "
                            f"({type(error).__name__}: {error}); BatchNorm uses the composite "
                            "torch ops instead (same results, slower)")
-                _log.warning(message)
                 warnings.warn(message, RuntimeWarning, stacklevel=4)
         return _library or None
 

@@ -1,6 +1,9 @@
 """The runtime layer: the CuPy path checks arguments as the CPU executor does (CuPy itself would
 pass a strided view or a wrong dtype straight to the kernel), allocations come from the right
 place, and the SM count comes from the device when there is one."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -94,3 +97,39 @@ def test_mark_written_counts_numpy_writes_as_written():
     import ctypes
 
     assert ctypes.string_at(init, a.nbytes) == b"\x01" * a.nbytes
+
+
+# Device memory that only the garbage collector frees (a reference cycle), collected while
+# lookup() holds the allocation table: its record's finalizer then runs inside lookup. With the
+# thresholds below the collection falls there deterministically.
+_COLLECTED_INSIDE_LOOKUP = """
+import gc
+from minibn.cuda import cpu_memory
+keep = cpu_memory.empty(16)
+addr, nbytes = keep.ctypes.data, keep.nbytes
+gc.collect()
+a = cpu_memory.empty(16)
+freed = a.ctypes.data
+cycle = [a]
+cycle.append(cycle)
+del a
+gc.collect(0)  # the cycle survives into generation 1
+gc.set_threshold(1, 1, 1000)
+gc.disable()
+del cycle
+gc.enable()
+assert cpu_memory.lookup(addr, nbytes) is not None
+assert cpu_memory.lookup(freed, 4) is None
+print("done")
+"""
+
+
+def test_memory_freed_by_the_collector_during_a_lookup_is_forgotten_without_a_deadlock():
+    # This deadlocked lesson 06's checks: a finalizer waiting for the lock its own thread held.
+    try:
+        proc = subprocess.run([sys.executable, "-c", _COLLECTED_INSIDE_LOOKUP],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("lookup() hung: the finalizer of memory the collector freed inside it waited "
+                    "for the lock lookup held")
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr

@@ -18,7 +18,7 @@ from minibn.experiments import calibrate
                     reason="the avx2 path selects x86 kernels; on other CPUs the native path is "
                            "already another code path")
 def test_every_asserted_claim_holds_on_the_avx2_path(tmp_path, capsys):
-    # Two experiments at a time: pytest itself keeps one core busy, so the second one is free.
+    # Two experiments at a time: this long test keeps both cores busy once the other files are done.
     code = calibrate.main(["all", "--seeds", "3", "--paths", "avx2", "--jobs", "2",
                            "--out", str(tmp_path), "--check"])
     out = capsys.readouterr().out

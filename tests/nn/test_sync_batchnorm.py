@@ -1,7 +1,9 @@
 """SyncBatchNorm over real gloo process groups of 2 and 3 CPU processes: on every rank, outputs,
 input gradients, the weight/bias gradients summed over ranks and the running statistics equal
 torch's BatchNorm on the concatenated batch (float64), for equal and unequal shares of the
-batch and a process with none; plus convert_sync_batchnorm, and the group's shutdown on errors.
+batch and a process with none. On the same ranks torch's own ``torch.nn.SyncBatchNorm`` runs on
+CPU tensors (``torch_sync_on_cpu``), and each rank's results equal its. Plus
+convert_sync_batchnorm, and the group's shutdown on errors.
 
 One process group per world size runs every case (starting processes costs seconds each); the
 3-process group is marked slow.
@@ -17,6 +19,8 @@ import torch
 from minibn import nn as mnn
 from minibn.nn import sync_batchnorm
 
+from . import torch_sync_on_cpu
+
 F64 = dict(rtol=1e-10, atol=1e-12)
 # (per-rank batch sizes, the shape of one sample): 2-D, 3-D and 4-D inputs
 CASES = {2: [((3, 3), (4,)), ((4, 1), (3, 2, 2)), ((0, 5), (2, 3))],
@@ -31,32 +35,40 @@ def _data(sizes, sample, step):
     return x, torch.randn(shape, generator=gen, dtype=torch.float64)
 
 
-def _module(channels):
-    m = mnn.SyncBatchNorm(channels, momentum=0.3, dtype=torch.float64)
+def _module(channels, cls=mnn.SyncBatchNorm):
+    m = cls(channels, momentum=0.3, dtype=torch.float64)
     with torch.no_grad():
         m.weight.copy_(torch.linspace(0.5, 1.5, channels, dtype=torch.float64))
         m.bias.copy_(torch.linspace(-1.0, 1.0, channels, dtype=torch.float64))
     return m
 
 
+def _grad(t):
+    # torch's function returns no gradient from a rank with an empty batch: autograd's zeros
+    return torch.zeros_like(t) if t.grad is None else t.grad.clone()
+
+
+def _run_steps(m, forward, sizes, sample, rank):
+    lo = sum(sizes[:rank])
+    steps = []
+    for step in range(STEPS + 1):
+        m.train(step < STEPS)
+        x, g = _data(sizes, sample, step)
+        x = x[lo:lo + sizes[rank]].clone().requires_grad_()
+        y = forward(m, x)
+        y.backward(g[lo:lo + sizes[rank]])
+        steps.append((y.detach(), _grad(x), _grad(m.weight), _grad(m.bias),
+                      m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)))
+        m.zero_grad()
+    return steps
+
+
 def _run_cases(rank, world_size):
-    results = []
-    for sizes, sample in CASES[world_size]:
-        m = _module(sample[0])
-        lo = sum(sizes[:rank])
-        steps = []
-        for step in range(STEPS + 1):
-            m.train(step < STEPS)
-            x, g = _data(sizes, sample, step)
-            x = x[lo:lo + sizes[rank]].clone().requires_grad_()
-            y = m(x)
-            y.backward(g[lo:lo + sizes[rank]])
-            steps.append((y.detach(), x.grad, m.weight.grad.clone(), m.bias.grad.clone(),
-                          m.running_mean.clone(), m.running_var.clone(),
-                          int(m.num_batches_tracked)))
-            m.zero_grad()
-        results.append(steps)
-    return results
+    """Per case, each step's results on this rank from minibn's module and from torch's."""
+    return [{"minibn": _run_steps(_module(sample[0]), lambda m, x: m(x), sizes, sample, rank),
+             "torch": _run_steps(_module(sample[0], torch.nn.SyncBatchNorm),
+                                 torch_sync_on_cpu.forward, sizes, sample, rank)}
+            for sizes, sample in CASES[world_size]]
 
 
 # 3 processes take 15-17 s on 2 busy cores (each imports torch), close to the quick suite's limit
@@ -68,8 +80,9 @@ def world(request):
     return request.param, results, time.monotonic() - start
 
 
+@pytest.mark.parametrize("impl", ["minibn", "torch"])  # torch's: the second oracle is synced
 @pytest.mark.parametrize("case", range(3))
-def test_every_rank_matches_batch_norm_on_the_concatenated_batch(world, case):
+def test_every_rank_matches_batch_norm_on_the_concatenated_batch(world, case, impl):
     world_size, results, _ = world
     sizes, sample = CASES[world_size][case]
     ref = _module(sample[0])
@@ -82,7 +95,7 @@ def test_every_rank_matches_batch_norm_on_the_concatenated_batch(world, case):
         y.backward(g)
         if ref.training:
             ref.num_batches_tracked += 1
-        per_rank = [results[rank][case][step] for rank in range(world_size)]
+        per_rank = [results[rank][case][impl][step] for rank in range(world_size)]
         torch.testing.assert_close(torch.cat([r[0] for r in per_rank]), y.detach(), **F64)
         torch.testing.assert_close(torch.cat([r[1] for r in per_rank]), x.grad, **F64)
         torch.testing.assert_close(sum(r[2] for r in per_rank), ref.weight.grad, **F64)
@@ -92,6 +105,19 @@ def test_every_rank_matches_batch_norm_on_the_concatenated_batch(world, case):
             torch.testing.assert_close(r[5], ref.running_var, **F64)
             assert r[6] == int(ref.num_batches_tracked)
         ref.zero_grad()
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_every_rank_matches_torchs_sync_batchnorm(world, case):
+    world_size, results, _ = world
+    names = ["out", "input grad", "weight grad", "bias grad", "running_mean", "running_var"]
+    for rank in range(world_size):
+        for step, (ours, theirs) in enumerate(zip(results[rank][case]["minibn"],
+                                                  results[rank][case]["torch"])):
+            for name, a, b in zip(names, ours, theirs):
+                torch.testing.assert_close(a, b, **F64, msg=lambda m: (
+                    f"rank {rank}, step {step}, {name}: {m}"))
+            assert ours[6] == theirs[6], f"rank {rank}, step {step}: num_batches_tracked"
 
 
 def test_a_process_group_starts_and_stops_in_seconds(world):
