@@ -15,19 +15,17 @@ from unittest import mock
 
 import torch
 
+from minibn.conventions import channel_shape, reduce_axes
+
 _library = None
 
 
-def _channel_dims(x):
-    return [0, *range(2, x.dim())]
-
-
 def _per_channel(t, x):
-    return t.view(1, -1, *([1] * (x.dim() - 2)))
+    return t.view(channel_shape(x))
 
 
 def _stats(x, eps):
-    var, mean = torch.var_mean(x, _channel_dims(x), correction=0)
+    var, mean = torch.var_mean(x, reduce_axes(x), correction=0)
     return mean, (var + eps).rsqrt()
 
 
@@ -61,8 +59,8 @@ def _elemt(x, weight, bias, mean, invstd, eps):
 
 
 def _backward_reduce(dy, x, mean, invstd, weight, input_g, weight_g, bias_g):
-    sum_dy = dy.sum(_channel_dims(x))
-    sum_dy_xmu = (dy * (x - _per_channel(mean, x))).sum(_channel_dims(x))
+    sum_dy = dy.sum(reduce_axes(x))
+    sum_dy_xmu = (dy * (x - _per_channel(mean, x))).sum(reduce_axes(x))
     empty = torch.empty(0, dtype=x.dtype)
     return (sum_dy, sum_dy_xmu, sum_dy_xmu * invstd if weight_g else empty,
             sum_dy if bias_g else empty)
